@@ -248,9 +248,10 @@ def read_network(path: Path) -> Network:
             elif fn == "walkingarea":
                 if len(shape) >= 3:
                     sidewalks.append(shape)
+            elif lane.getPermissions() == {"pedestrian"}:
+                sidewalks.append(strip(shape, w))
             elif not lane.allows("passenger"):
-                if lane.allows("pedestrian"):
-                    sidewalks.append(strip(shape, w))
+                drivable.append(strip(shape, w + 0.1))  # bike lanes and kerb strips: road surface, not a car lane
             else:
                 drivable.append(strip(shape, w + 0.1))
                 centers[lane.getID()] = shape

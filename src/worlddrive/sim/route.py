@@ -60,10 +60,13 @@ def build_route(network: Network, edges: list[str], start_lane: int = 0) -> Rout
         edge = net.getEdge(edge_id)
         if i + 1 < len(edges):
             nxt = net.getEdge(edges[i + 1])
-            ok = [c for ln in edge.getLanes() for c in ln.getOutgoing() if c.getTo() == nxt]
+            ok = [c for ln in edge.getLanes() for c in ln.getOutgoing()
+                  if c.getTo() == nxt and ln.allows("passenger") and c.getToLane().allows("passenger")]
             if not ok:
                 raise ValueError(f"route edges {edge_id} -> {edges[i + 1]} are not connected")
             conn = min(ok, key=lambda c: abs(c.getFromLane().getIndex() - lane.getIndex()))
+            if conn.getDirection() == "t":
+                raise ValueError(f"route makes a U-turn from {edge_id} to {edges[i + 1]}")
             target = conn.getFromLane()
         else:
             conn, target = None, lane

@@ -63,7 +63,7 @@ class KinematicBicycle:
 
 def pure_pursuit(path: np.ndarray, speed: float, wheelbase: float) -> float:
     """Steering angle that reaches a lookahead point on `path` (K, 2), given in the ego frame (x forward, y left)."""
-    lookahead = max(4.0, 0.9 * speed + 2.0)
+    lookahead = max(3.0, 0.5 * speed + 1.5)
     d = np.linalg.norm(path, axis=1)
     ahead = np.nonzero((d >= lookahead) & (path[:, 0] > 0))[0]
     target = path[ahead[0]] if len(ahead) else path[-1]

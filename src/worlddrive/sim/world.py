@@ -102,7 +102,7 @@ class ScriptedPedestrian:
         d = target - self.pos
         dist = float(np.hypot(*d))
         # Slow down when nearing the curb: the cue that comes before a step onto the road.
-        near_curb = self.phase == "approach" and self.seg + 1 == self.curb_index and dist < 3.0
+        near_curb = self.phase == "approach" and self.seg + 1 == self.curb_index and dist < 1.5
         self.vel = self.speed * (0.45 if near_curb else 1.0)
         step = self.vel * dt
         self.yaw = float(np.arctan2(d[1], d[0]))

@@ -1,0 +1,334 @@
+"""The privileged expert: a rule-aware planner in the spirit of NAVSIM's PDM-Closed.
+
+It sees the true `WorldState`, follows the route centreline by pure pursuit and sets its speed with IDM against the
+tightest of: the speed limit and curve speed, a leading vehicle, red lights (and yellow ones it can stop for), stop
+signs (stop, wait, then go when clear), pedestrians on or about to enter its path, and vehicles whose constant-velocity
+future crosses its path first. It makes the demonstrations, the reasoning facts and the progress reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from matplotlib.path import Path as MplPath
+
+from worlddrive.sim.route import RoutePath
+from worlddrive.sim.state import (
+    CROSS,
+    EGO_SPEED,
+    EGO_YAW,
+    LIGHT_NAMES,
+    PARKED,
+    RED,
+    STOP_SIGN,
+    YELLOW,
+    WorldState,
+    box_corners,
+    to_ego_frame,
+)
+from worlddrive.sim.vehicle import N_WAYPOINTS, WAYPOINT_DT, BicycleLimits, pure_pursuit
+from worlddrive.sim.world import World
+
+A_MAX, B_COMF, HEADWAY, DELTA = 2.0, 2.5, 1.2, 4
+MAX_LAT_ACC = 2.2  # m/s^2 in curves: comfortable and inside NAVSIM's comfort bounds
+JERK = 6.0  # m/s^3 limit on planned acceleration changes (NAVSIM bound: 8.37)
+STOP_WAIT_S = 1.0  # full stop at a stop sign before going on
+STOP_DECEL = 1.6  # m/s^2: start a constant-deceleration stop when this much is needed
+
+
+@dataclass
+class Obstacle:
+    """A constraint along the path: front bumper must stay `min_gap` behind `s`, which moves at `speed`."""
+
+    s: float
+    speed: float
+    min_gap: float
+    kind: str  # "vehicle", "light", "stop_sign", "pedestrian", "crossing_vehicle"
+    ref: int = -1  # index into the state's arrays
+
+
+@dataclass
+class ExpertOutput:
+    accel: float
+    steer: float
+    trajectory: np.ndarray  # (8, 3) x, y, yaw in the ego frame, 0.5 s apart
+    facts: dict = field(default_factory=dict)  # SceneFacts fields, filled from the truth
+
+
+class Expert:
+    """Drives a `World` with privileged access to its route and map (no learning, no noise)."""
+
+    def __init__(self, world: World):
+        self.world = world
+        self.route: RoutePath = world.route
+        self.limits: BicycleLimits = world.ego.limits
+        net = world.net
+        self.light_s = np.array([world.lane_end_s(lg.lane_id) or -1.0 for lg in net.lights])  # (L,)
+        edge_end = {}
+        for k, lane in enumerate(self.route.lane):
+            edge_end[lane.rsplit("_", 1)[0]] = float(self.route.s[k])
+        self.sign_s = np.array([edge_end.get(lane.rsplit("_", 1)[0], -1.0) if kind != 2 else -1.0
+                                for lane, kind in zip(net.sign_lane, net.sign_kind, strict=True)])  # (S,)
+        self.crosswalk_s = self._crosswalk_intervals(net.road.crosswalks)
+        self.curve_speed = self._curve_speed_profile()
+        self.reset()
+
+    def reset(self) -> None:
+        self.accel = 0.0
+        self.stopped_at: dict[int, float] = {}  # stop sign index -> time the ego came to rest there
+        self.committed_yellow: set[int] = set()
+
+    # ------------------------------------------------------------------ precomputed along the route
+
+    def _crosswalk_intervals(self, crosswalks: list[np.ndarray]) -> list[tuple[float, float]]:
+        out = []
+        for poly in crosswalks:
+            inside = MplPath(poly).contains_points(self.route.xy)
+            if inside.any():
+                s = self.route.s[inside]
+                out.append((float(s.min()), float(s.max())))
+        return out
+
+    def _curve_speed_profile(self) -> np.ndarray:
+        """Highest speed at each path point such that curves ahead can be taken within MAX_LAT_ACC, braking gently."""
+        r = self.route
+        v = np.minimum(np.sqrt(MAX_LAT_ACC / np.maximum(np.abs(r.curvature), 1e-4)), r.speed_limit)
+        for i in range(len(v) - 2, -1, -1):  # backward pass: reach the next point's speed at B_COMF
+            v[i] = min(v[i], np.sqrt(v[i + 1] ** 2 + 2 * 1.5 * (r.s[i + 1] - r.s[i])))
+        return v
+
+    # ------------------------------------------------------------------ acting
+
+    def act(self, state: WorldState) -> ExpertOutput:
+        w = self.world
+        v = float(state.ego[EGO_SPEED])
+        front = w.ego_s + self.limits.length / 2
+        obstacles, facts = self._obstacles(state, front, v)
+        accel = self._idm(v, float(self.curve_speed[w.ego_index]), obstacles, front)
+        max_delta = JERK * 0.1 if accel > -4.5 else 1.0  # emergencies may exceed the comfort jerk
+        self.accel = float(np.clip(accel, self.accel - max_delta, self.accel + max_delta))
+        path = to_ego_frame(self.route.xy[w.ego_index : w.ego_index + 160], state.ego)
+        steer = pure_pursuit(path, v, self.limits.wheelbase)
+        trajectory = self._rollout(state, v, obstacles)
+        facts["speed_action"] = _speed_action(self.accel, v, obstacles, front)
+        return ExpertOutput(self.accel, steer, trajectory, facts)
+
+    def _idm(self, v: float, v0: float, obstacles: list[Obstacle], front: float) -> float:
+        """IDM for the free road and moving leaders, a constant-deceleration stop for static obstacles, and never
+        harder braking than physics needs (the leader's worst-case stop at 5 m/s^2): smooth yet safe."""
+        v0 = max(v0, 0.1)
+        acc = A_MAX * (1 - (v / v0) ** DELTA)
+        if v > v0:
+            acc = max(acc, -B_COMF)
+        for ob in obstacles:
+            gap = ob.s - front - ob.min_gap
+            if ob.s - front < -0.5:
+                continue
+            stop_at = gap + (ob.speed**2 / (2 * 5.0) if ob.speed > 0.5 else 0.0)
+            need = v * v / (2 * max(stop_at, 0.05)) if v > 0.05 else 0.0  # constant decel that stops in time
+            if ob.speed <= 0.5:
+                term = -need if (need > STOP_DECEL or gap < 1.0) else A_MAX
+                if gap < 0.3:
+                    term = -max(need, v / 0.3)
+            else:
+                dv = v - ob.speed
+                s_star = ob.min_gap + max(0.0, v * HEADWAY + v * dv / (2 * np.sqrt(A_MAX * B_COMF)))
+                idm = A_MAX * (1 - (v / v0) ** DELTA - (s_star / max(ob.s - front, 0.1)) ** 2)
+                term = max(idm, -max(need, 2.0))
+            acc = min(acc, term)
+        if v < 0.3 and acc < 0:
+            acc = min(acc, -v / 0.1)  # come to a real stop instead of creeping over the line
+        return float(np.clip(acc, -self.limits.max_brake, A_MAX))
+
+    def _rollout(self, state: WorldState, v: float, obstacles: list[Obstacle]) -> np.ndarray:
+        """The plan: IDM forward 4 s along the route with obstacles moving at constant speed, in the ego frame."""
+        w = self.world
+        s, acc = w.ego_s, self.accel
+        out = np.zeros((N_WAYPOINTS, 3), np.float32)
+        moving = [Obstacle(o.s, o.speed, o.min_gap, o.kind) for o in obstacles]
+        steps = int(round(WAYPOINT_DT / 0.1))
+        for k in range(N_WAYPOINTS * steps):
+            i = min(int(np.searchsorted(self.route.s, s)), len(self.route.s) - 1)
+            target = self._idm(v, float(self.curve_speed[i]), moving, s + self.limits.length / 2)
+            acc = float(np.clip(target, acc - JERK * 0.1, acc + JERK * 0.1)) if k else acc
+            v_next = max(v + acc * 0.1, 0.0)
+            s += 0.5 * (v + v_next) * 0.1
+            v = v_next
+            for o in moving:
+                o.s += o.speed * 0.1
+            if (k + 1) % steps == 0:
+                i = min(int(np.searchsorted(self.route.s, s)), len(self.route.s) - 1)
+                out[(k + 1) // steps - 1] = (*to_ego_frame(self.route.xy[i], state.ego), self.route.yaw[i])
+        out[:, 2] = _wrap(out[:, 2] - state.ego[EGO_YAW])
+        return out
+
+    # ------------------------------------------------------------------ perception with privileges
+
+    def _obstacles(self, state: WorldState, front: float, v: float) -> tuple[list[Obstacle], dict]:
+        w, r = self.world, self.route
+        facts: dict = {"command": state.command, "speed_limit_kmh": int(round(state.speed_limit * 3.6)),
+                       "ego_speed": round(v, 2), "light": None, "light_distance": None, "sign": None,
+                       "sign_distance": None, "pedestrians": [], "lead": None, "cut_in": None, "right_of_way": "ego",
+                       "lateral_action": _lateral_action(state.command, w.ego_lateral, r, w.ego_index)}
+        obstacles: list[Obstacle] = []
+        # SUMO drivers cannot see the ego's junction approach, so away from a green light we give way to everyone.
+        in_junction = r.lane[w.ego_index].startswith(":")
+        priority = not (in_junction or np.any((r.turn_s - front > -2) & (r.turn_s - front < 40)))
+        # Lights.
+        ahead = np.nonzero((self.light_s > front - 0.5) & (self.light_s - front < 80))[0]
+        if len(ahead):
+            j = int(ahead[np.argmin(self.light_s[ahead])])
+            line, st = float(self.light_s[j]), int(state.light_state[j])
+            facts["light"], facts["light_distance"] = LIGHT_NAMES[st], round(line - front, 1)
+            if st == RED or (st == YELLOW and j not in self.committed_yellow):
+                can_stop = line - front > v * v / (2 * 3.5) + 0.5
+                if st == YELLOW and not can_stop:
+                    self.committed_yellow.add(j)
+                elif line - front > -0.5:
+                    obstacles.append(Obstacle(line, 0.0, 0.5, "light", j))
+                    facts["right_of_way"] = "light"
+            priority = st != RED and line - front < 40
+        # Signs.
+        sign_ahead = np.nonzero((self.sign_s > front - 1.0) & (self.sign_s - front < 50))[0]
+        for k in sign_ahead:
+            kind = int(state.sign_kind[k])
+            line = float(self.sign_s[k])
+            facts["sign"], facts["sign_distance"] = ("stop" if kind == STOP_SIGN else "yield"), round(line - front, 1)
+            priority = False
+            if kind == STOP_SIGN:
+                if k not in self.stopped_at and v < 0.3 and line - front < 4.0:
+                    self.stopped_at[int(k)] = state.t
+                served = k in self.stopped_at and state.t - self.stopped_at[int(k)] >= STOP_WAIT_S
+                if not served:
+                    obstacles.append(Obstacle(line, 0.0, 0.5, "stop_sign", int(k)))
+                    facts["right_of_way"] = "stop_sign"
+        obstacles += self._vehicle_obstacles(state, front, v, priority, facts)
+        obstacles += self._pedestrian_obstacles(state, front, facts)
+        return obstacles, facts
+
+    def _window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        i = self.world.ego_index
+        sl = slice(max(i - 20, 0), i + 200)
+        return self.route.xy[sl], self.route.s[sl], self.route.yaw[sl]
+
+    def _project(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Arc length, signed lateral offset and path heading of points (N, 2) near the path ahead."""
+        xy, s, yaw = self._window()
+        d = pts[:, None, :] - xy[None]  # (N, W, 2)
+        k = np.argmin((d * d).sum(-1), axis=1)  # (N,)
+        rel = pts - xy[k]
+        c, sn = np.cos(yaw[k]), np.sin(yaw[k])
+        return s[k] + rel[:, 0] * c + rel[:, 1] * sn, c * rel[:, 1] - sn * rel[:, 0], yaw[k]
+
+    def _vehicle_obstacles(self, state: WorldState, front: float, v: float, priority: bool,
+                           facts: dict) -> list[Obstacle]:
+        veh = state.vehicles
+        if not len(veh):
+            return []
+        half_w = self.limits.width / 2
+        s, lat, path_yaw = self._project(veh[:, :2])
+        along = veh[:, 3] * np.cos(veh[:, 2] - path_yaw)
+        # Corners, not centres: a car standing across our path reaches into it with its length.
+        cs, clat, _ = self._project(box_corners(veh).reshape(-1, 2))
+        cs, clat = cs.reshape(-1, 4), clat.reshape(-1, 4)  # (N, 4)
+        corridor = (np.abs(clat).min(1) < half_w + 0.4) | ((clat.min(1) < 0) & (clat.max(1) > 0))
+        rear = cs.min(1)
+        out = []
+        for n in np.nonzero(corridor & (rear > front - 1.0) & (rear - front < 80))[0]:
+            out.append(Obstacle(float(rear[n]), max(float(along[n]), 0.0), 2.0, "vehicle", int(n)))
+            if facts["lead"] is None or rear[n] - front < facts["lead"]["distance"]:
+                speed = float(max(along[n], 0.0))
+                facts["lead"] = {"distance": round(float(rear[n] - front), 1), "speed": round(speed, 1),
+                                 "state": "stopped" if speed < 0.5 else ("slower" if speed < v - 1.0 else "moving")}
+        # Constant-velocity futures of vehicles outside the corridor that enter it ahead of us.
+        moving = np.nonzero(~corridor & (veh[:, 3] > 0.5) & (state.vehicle_kind != PARKED))[0]
+        if len(moving):
+            t = np.arange(1, 9) * 0.5  # (8,)
+            fut = veh[moving, None, :2] + t[None, :, None] * veh[moving, None, 3:4] * np.stack(
+                [np.cos(veh[moving, 2]), np.sin(veh[moving, 2])], -1)[:, None, :]  # (M, 8, 2)
+            fs, flat, _ = self._project(fut.reshape(-1, 2))
+            fs, flat = fs.reshape(len(moving), 8), flat.reshape(len(moving), 8)
+            inside = (np.abs(flat) < half_w + veh[moving, 5:6] / 2 + 0.5) & (fs > front - 2) & (fs - front < 60)
+            for m, n in enumerate(moving):
+                hits = np.nonzero(inside[m])[0]
+                if not len(hits):
+                    continue
+                h = hits[0]
+                t_other = float(t[h])
+                conflict_s = float(fs[m, h]) - veh[n, 5] / 2 - 1.5
+                t_ego = (conflict_s - front) / max(v, 2.0)
+                d_other = t_other * veh[n, 3]
+                must_yield = (not priority or d_other < veh[n, 3] ** 2 / (2 * 3.0) + 3.0) and t_other < t_ego + 1.5
+                cut_in = abs(_wrap(veh[n, 2] - path_yaw[n])) < 0.5
+                if must_yield or cut_in:
+                    speed = float(max(veh[n, 3] * np.cos(veh[n, 2] - path_yaw[n]), 0.0)) if cut_in else 0.0
+                    out.append(Obstacle(conflict_s, speed, 1.5, "crossing_vehicle", int(n)))
+                    if cut_in:
+                        facts["cut_in"] = "left" if lat[n] > 0 else "right"
+                    else:
+                        facts["right_of_way"] = "cross_traffic"
+        return out
+
+    def _pedestrian_obstacles(self, state: WorldState, front: float, facts: dict) -> list[Obstacle]:
+        peds = state.pedestrians
+        if not len(peds):
+            return []
+        half_w = self.limits.width / 2
+        s, lat, path_yaw = self._project(peds[:, :2])
+        out = []
+        near = (s > front - 1.0) & (s - front < 45)
+        t = np.arange(1, 7) * 0.5  # 3 s of constant velocity
+        heading = np.stack([np.cos(peds[:, 2]), np.sin(peds[:, 2])], -1)  # (M, 2)
+        rel_list = []
+        for n in np.nonzero(near & (np.abs(lat) < 12))[0]:
+            fut = peds[n, :2] + t[:, None] * max(float(peds[n, 3]), 0.0) * heading[n]
+            _, flat, _ = self._project(fut)
+            in_path = abs(lat[n]) < half_w + 1.0
+            entering = bool(np.any(np.abs(flat) < half_w + 0.8))
+            toward = -np.sign(lat[n]) * (np.cos(path_yaw[n]) * heading[n, 1] - np.sin(path_yaw[n]) * heading[n, 0])
+            slow = peds[n, 3] < 0.7  # lingering at the curb
+            about_to = state.pedestrian_intent[n] == CROSS and abs(lat[n]) < 7.0 and (toward > 0.3 or (slow and toward > -0.3))
+            on_crosswalk = any(a - 2 <= s[n] <= b + 2 for a, b in self.crosswalk_s) and abs(lat[n]) < 9.0
+            if in_path or entering or about_to:
+                out.append(Obstacle(float(s[n]) - 1.0, 0.0, 3.0, "pedestrian", int(n)))
+                facts["right_of_way"] = "pedestrian"
+            if in_path or entering or about_to or abs(lat[n]) < 8.0:
+                rel_list.append((float(s[n] - front), {
+                    "side": "ahead" if abs(lat[n]) < half_w + 1.0 else ("left" if lat[n] > 0 else "right"),
+                    "distance": round(float(s[n] - front), 1),
+                    "intent": "cross" if state.pedestrian_intent[n] == CROSS else "wait",
+                    "on_crosswalk": bool(on_crosswalk), "crossing_now": bool(in_path or (entering and peds[n, 3] > 0.3)),
+                }))
+        facts["pedestrians"] = [p for _, p in sorted(rel_list, key=lambda x: x[0])[:3]]
+        return out
+
+
+def _speed_action(accel: float, v: float, obstacles: list[Obstacle], front: float) -> str:
+    binding = [o for o in obstacles if o.kind in ("pedestrian", "crossing_vehicle", "stop_sign", "light")
+               and o.s - front < max(3 * v, 15)]
+    if v < 0.3 and accel <= 0.1:
+        return "wait" if binding else "stop"
+    if binding and accel < -0.3:
+        kinds = {o.kind for o in binding}
+        return "yield" if kinds & {"pedestrian", "crossing_vehicle"} else "stop"
+    if accel < -0.5:
+        return "slow_down"
+    if accel > 0.5:
+        return "accelerate"
+    return "keep"
+
+
+def _lateral_action(command: str, lateral: float, route: RoutePath, i: int) -> str:
+    lanes = route.lane[i : i + 40]
+    if len(set(ln.rsplit("_", 1)[0] for ln in lanes if not ln.startswith(":"))) == 1 and len(set(lanes)) > 1 \
+            and not any(ln.startswith(":") for ln in lanes):
+        a, b = route.xy[i], route.xy[min(i + 39, len(route.xy) - 1)]
+        d = route.yaw[i]
+        side = np.cos(d) * (b - a)[1] - np.sin(d) * (b - a)[0]
+        return "change_left" if side > 0 else "change_right"
+    return {"left": "turn_left", "right": "turn_right", "straight": "straight"}.get(command, "follow_lane")
+
+
+def _wrap(a):
+    return (a + np.pi) % (2 * np.pi) - np.pi
