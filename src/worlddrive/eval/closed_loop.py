@@ -6,8 +6,10 @@ are others. Progress (EP) is measured against the expert's progress on the same 
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -46,7 +48,7 @@ class EpisodeResult:
     driver: str
     score: DriveScore | None
     progress_m: float
-    route_length_m: float
+    route_length_m: float  # from the start point to the route's end
     steps: int
     error: str | None = None  # traceback when the driver or the world raised; the episode counts as a failure
     infractions: list[dict] = field(default_factory=list)  # notable steps: collisions, red lights, ...
@@ -57,9 +59,14 @@ class EpisodeResult:
         return d
 
 
-def run_episode(family: str, seed: int, driver: Driver | None = None, expert_progress_m: float | None = None,
-                family_config: dict | None = None,
-                on_step: Callable[[World, WorldState, ExpertOutput], None] | None = None) -> EpisodeResult:
+def run_episode(
+    family: str,
+    seed: int,
+    driver: Driver | None = None,
+    expert_progress_m: float | None = None,
+    family_config: dict | None = None,
+    on_step: Callable[[World, WorldState, ExpertOutput], None] | None = None,
+) -> EpisodeResult:
     """Drive one episode to its end (route done or time up). EP uses `expert_progress_m` (the driver's own progress
     when None, which is exact for the expert itself)."""
     driver = driver or ExpertDriver()
@@ -72,7 +79,7 @@ def run_episode(family: str, seed: int, driver: Driver | None = None, expert_pro
         driver.reset(world)
         tracker.reset()
         tracker.update(state)
-        for _ in range(int(round(spec.duration_s / DT))):
+        for _ in range(round(spec.duration_s / DT)):
             out = driver.act(state)
             if on_step is not None:
                 on_step(world, state, out)
@@ -83,13 +90,30 @@ def run_episode(family: str, seed: int, driver: Driver | None = None, expert_pro
             if world.ego_s >= world.route.length - 5.0:
                 break
     except Exception:  # a crashing driver is a failed episode, recorded with its traceback; the run goes on
-        return EpisodeResult(family, seed, getattr(driver, "name", "driver"), None, world.ego_s, world.route.length,
-                             steps, error=traceback.format_exc(), infractions=notes)
+        return EpisodeResult(
+            family,
+            seed,
+            getattr(driver, "name", "driver"),
+            None,
+            world.ego_s - spec.ego_start_s,
+            world.route.length - spec.ego_start_s,
+            steps,
+            error=traceback.format_exc(),
+            infractions=notes,
+        )
     progress = world.ego_s - spec.ego_start_s
     ref = progress if expert_progress_m is None else expert_progress_m
     score = tracker.summary(progress_m=progress, expert_progress_m=ref)
-    return EpisodeResult(family, seed, getattr(driver, "name", "driver"), score, float(progress),
-                         float(world.route.length), steps, infractions=notes)
+    return EpisodeResult(
+        family,
+        seed,
+        getattr(driver, "name", "driver"),
+        score,
+        float(progress),
+        float(world.route.length - spec.ego_start_s),
+        steps,
+        infractions=notes,
+    )
 
 
 def _notable(inf, t: float) -> list[dict]:
@@ -100,5 +124,42 @@ def _notable(inf, t: float) -> list[dict]:
     return out
 
 
-def mean_or_nan(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
+EVAL_SEED_BASE = 1_000_000  # evaluation seeds start here; generated training data uses seeds below it
+
+
+def eval_seeds(episodes: int, first: int = EVAL_SEED_BASE) -> list[int]:
+    return list(range(first, first + episodes))
+
+
+def _expert_episode(job: tuple[str, int]) -> EpisodeResult:
+    return run_episode(*job)
+
+
+def run_expert_episodes(jobs: list[tuple[str, int]], workers: int = 1) -> Iterator[EpisodeResult]:
+    """Expert episodes over (family, seed) jobs, in order of completion; one libsumo per worker process."""
+    if workers <= 1:
+        yield from map(_expert_episode, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        yield from pool.map(_expert_episode, jobs, chunksize=1)
+
+
+def family_table(results: list[EpisodeResult]) -> list[dict]:
+    """Per family: mean Drive Score and sub-scores, failures, infraction counts, per-km rates, route completion."""
+    rows = []
+    for fam in dict.fromkeys(r.family for r in results):
+        rs = [r for r in results if r.family == fam]
+        ok = [r for r in rs if r.score is not None]
+        km = sum(r.progress_m for r in ok) / 1000.0
+        row = {"family": fam, "episodes": len(rs), "errors": len(rs) - len(ok)}
+        for key in ("ds", "nc", "dac", "tlc", "yc", "ttc", "ep", "c", "sl"):
+            # A crashed episode scores 0: failures must not vanish from the mean.
+            row[key] = float(np.mean([getattr(r.score, key) if r.score else 0.0 for r in rs]))
+        for key in ("collisions_at_fault", "red_lights", "stop_sign_violations", "ped_yield_violations"):
+            total = sum(getattr(r.score, key) for r in ok)
+            row[key] = total
+            row[f"{key}_per_km"] = total / km if km > 0 else 0.0
+        row["route_completion"] = float(np.mean([min(r.progress_m / max(r.route_length_m, 1.0), 1.0) for r in rs]))
+        row["km"] = km
+        rows.append(row)
+    return rows

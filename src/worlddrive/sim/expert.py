@@ -26,6 +26,7 @@ from worlddrive.sim.state import (
     WorldState,
     box_corners,
     to_ego_frame,
+    value_eq,
 )
 from worlddrive.sim.vehicle import N_WAYPOINTS, WAYPOINT_DT, BicycleLimits, pure_pursuit
 from worlddrive.sim.world import World
@@ -48,12 +49,14 @@ class Obstacle:
     ref: int = -1  # index into the state's arrays
 
 
-@dataclass
+@dataclass(eq=False)
 class ExpertOutput:
     accel: float
     steer: float
     trajectory: np.ndarray  # (8, 3) x, y, yaw in the ego frame, 0.5 s apart
     facts: dict = field(default_factory=dict)  # SceneFacts fields, filled from the truth
+
+    __eq__ = value_eq
 
 
 class Expert:
@@ -68,8 +71,12 @@ class Expert:
         edge_end = {}
         for k, lane in enumerate(self.route.lane):
             edge_end[lane.rsplit("_", 1)[0]] = float(self.route.s[k])
-        self.sign_s = np.array([edge_end.get(lane.rsplit("_", 1)[0], -1.0) if kind != 2 else -1.0
-                                for lane, kind in zip(net.sign_lane, net.sign_kind, strict=True)])  # (S,)
+        self.sign_s = np.array(
+            [
+                edge_end.get(lane.rsplit("_", 1)[0], -1.0) if kind != 2 else -1.0
+                for lane, kind in zip(net.sign_lane, net.sign_kind, strict=True)
+            ]
+        )  # (S,)
         self.crosswalk_s = self._crosswalk_intervals(net.road.crosswalks)
         self.curve_speed = self._curve_speed_profile()
         self.reset()
@@ -147,7 +154,7 @@ class Expert:
         s, acc = w.ego_s, self.accel
         out = np.zeros((N_WAYPOINTS, 3), np.float32)
         moving = [Obstacle(o.s, o.speed, o.min_gap, o.kind) for o in obstacles]
-        steps = int(round(WAYPOINT_DT / 0.1))
+        steps = round(WAYPOINT_DT / 0.1)
         for k in range(N_WAYPOINTS * steps):
             i = min(int(np.searchsorted(self.route.s, s)), len(self.route.s) - 1)
             target = self._idm(v, float(self.curve_speed[i]), moving, s + self.limits.length / 2)
@@ -167,10 +174,20 @@ class Expert:
 
     def _obstacles(self, state: WorldState, front: float, v: float) -> tuple[list[Obstacle], dict]:
         w, r = self.world, self.route
-        facts: dict = {"command": state.command, "speed_limit_kmh": int(round(state.speed_limit * 3.6)),
-                       "ego_speed": round(v, 2), "light": None, "light_distance": None, "sign": None,
-                       "sign_distance": None, "pedestrians": [], "lead": None, "cut_in": None, "right_of_way": "ego",
-                       "lateral_action": _lateral_action(state.command, w.ego_lateral, r, w.ego_index)}
+        facts: dict = {
+            "command": state.command,
+            "speed_limit_kmh": round(state.speed_limit * 3.6),
+            "ego_speed": round(v, 2),
+            "light": None,
+            "light_distance": None,
+            "sign": None,
+            "sign_distance": None,
+            "pedestrians": [],
+            "lead": None,
+            "cut_in": None,
+            "right_of_way": "ego",
+            "lateral_action": _lateral_action(state.command, w.ego_lateral, r, w.ego_index),
+        }
         obstacles: list[Obstacle] = []
         # SUMO drivers cannot see the ego's junction approach, so away from a green light we give way to everyone.
         in_junction = r.lane[w.ego_index].startswith(":")
@@ -221,13 +238,14 @@ class Expert:
         c, sn = np.cos(yaw[k]), np.sin(yaw[k])
         return s[k] + rel[:, 0] * c + rel[:, 1] * sn, c * rel[:, 1] - sn * rel[:, 0], yaw[k]
 
-    def _vehicle_obstacles(self, state: WorldState, front: float, v: float, priority: bool,
-                           facts: dict) -> list[Obstacle]:
+    def _vehicle_obstacles(
+        self, state: WorldState, front: float, v: float, priority: bool, facts: dict
+    ) -> list[Obstacle]:
         veh = state.vehicles
         if not len(veh):
             return []
         half_w = self.limits.width / 2
-        s, lat, path_yaw = self._project(veh[:, :2])
+        _s, lat, path_yaw = self._project(veh[:, :2])
         along = veh[:, 3] * np.cos(veh[:, 2] - path_yaw)
         # Corners, not centres: a car standing across our path reaches into it with its length.
         cs, clat, _ = self._project(box_corners(veh).reshape(-1, 2))
@@ -239,14 +257,21 @@ class Expert:
             out.append(Obstacle(float(rear[n]), max(float(along[n]), 0.0), 2.0, "vehicle", int(n)))
             if facts["lead"] is None or rear[n] - front < facts["lead"]["distance"]:
                 speed = float(max(along[n], 0.0))
-                facts["lead"] = {"distance": round(float(rear[n] - front), 1), "speed": round(speed, 1),
-                                 "state": "stopped" if speed < 0.5 else ("slower" if speed < v - 1.0 else "moving")}
+                facts["lead"] = {
+                    "distance": round(float(rear[n] - front), 1),
+                    "speed": round(speed, 1),
+                    "state": "stopped" if speed < 0.5 else ("slower" if speed < v - 1.0 else "moving"),
+                }
         # Constant-velocity futures of vehicles outside the corridor that enter it ahead of us.
         moving = np.nonzero(~corridor & (veh[:, 3] > 0.5) & (state.vehicle_kind != PARKED))[0]
         if len(moving):
             t = np.arange(1, 9) * 0.5  # (8,)
-            fut = veh[moving, None, :2] + t[None, :, None] * veh[moving, None, 3:4] * np.stack(
-                [np.cos(veh[moving, 2]), np.sin(veh[moving, 2])], -1)[:, None, :]  # (M, 8, 2)
+            fut = (
+                veh[moving, None, :2]
+                + t[None, :, None]
+                * veh[moving, None, 3:4]
+                * np.stack([np.cos(veh[moving, 2]), np.sin(veh[moving, 2])], -1)[:, None, :]
+            )  # (M, 8, 2)
             fs, flat, _ = self._project(fut.reshape(-1, 2))
             fs, flat = fs.reshape(len(moving), 8), flat.reshape(len(moving), 8)
             inside = (np.abs(flat) < half_w + veh[moving, 5:6] / 2 + 0.5) & (fs > front - 2) & (fs - front < 60)
@@ -288,25 +313,36 @@ class Expert:
             entering = bool(np.any(np.abs(flat) < half_w + 0.8))
             toward = -np.sign(lat[n]) * (np.cos(path_yaw[n]) * heading[n, 1] - np.sin(path_yaw[n]) * heading[n, 0])
             slow = peds[n, 3] < 0.7  # lingering at the curb
-            about_to = state.pedestrian_intent[n] == CROSS and abs(lat[n]) < 7.0 and (toward > 0.3 or (slow and toward > -0.3))
+            about_to = (
+                state.pedestrian_intent[n] == CROSS and abs(lat[n]) < 7.0 and (toward > 0.3 or (slow and toward > -0.3))
+            )
             on_crosswalk = any(a - 2 <= s[n] <= b + 2 for a, b in self.crosswalk_s) and abs(lat[n]) < 9.0
             if in_path or entering or about_to:
                 out.append(Obstacle(float(s[n]) - 1.0, 0.0, 3.0, "pedestrian", int(n)))
                 facts["right_of_way"] = "pedestrian"
             if in_path or entering or about_to or abs(lat[n]) < 8.0:
-                rel_list.append((float(s[n] - front), {
-                    "side": "ahead" if abs(lat[n]) < half_w + 1.0 else ("left" if lat[n] > 0 else "right"),
-                    "distance": round(float(s[n] - front), 1),
-                    "intent": "cross" if state.pedestrian_intent[n] == CROSS else "wait",
-                    "on_crosswalk": bool(on_crosswalk), "crossing_now": bool(in_path or (entering and peds[n, 3] > 0.3)),
-                }))
+                rel_list.append(
+                    (
+                        float(s[n] - front),
+                        {
+                            "side": "ahead" if abs(lat[n]) < half_w + 1.0 else ("left" if lat[n] > 0 else "right"),
+                            "distance": round(float(s[n] - front), 1),
+                            "intent": "cross" if state.pedestrian_intent[n] == CROSS else "wait",
+                            "on_crosswalk": bool(on_crosswalk),
+                            "crossing_now": bool(in_path or (entering and peds[n, 3] > 0.3)),
+                        },
+                    )
+                )
         facts["pedestrians"] = [p for _, p in sorted(rel_list, key=lambda x: x[0])[:3]]
         return out
 
 
 def _speed_action(accel: float, v: float, obstacles: list[Obstacle], front: float) -> str:
-    binding = [o for o in obstacles if o.kind in ("pedestrian", "crossing_vehicle", "stop_sign", "light")
-               and o.s - front < max(3 * v, 15)]
+    binding = [
+        o
+        for o in obstacles
+        if o.kind in ("pedestrian", "crossing_vehicle", "stop_sign", "light") and o.s - front < max(3 * v, 15)
+    ]
     if v < 0.3 and accel <= 0.1:
         return "wait" if binding else "stop"
     if binding and accel < -0.3:
@@ -321,8 +357,11 @@ def _speed_action(accel: float, v: float, obstacles: list[Obstacle], front: floa
 
 def _lateral_action(command: str, lateral: float, route: RoutePath, i: int) -> str:
     lanes = route.lane[i : i + 40]
-    if len(set(ln.rsplit("_", 1)[0] for ln in lanes if not ln.startswith(":"))) == 1 and len(set(lanes)) > 1 \
-            and not any(ln.startswith(":") for ln in lanes):
+    if (
+        len(set(ln.rsplit("_", 1)[0] for ln in lanes if not ln.startswith(":"))) == 1
+        and len(set(lanes)) > 1
+        and not any(ln.startswith(":") for ln in lanes)
+    ):
         a, b = route.xy[i], route.xy[min(i + 39, len(route.xy) - 1)]
         d = route.yaw[i]
         side = np.cos(d) * (b - a)[1] - np.sin(d) * (b - a)[0]

@@ -26,15 +26,24 @@ HELDOUT_CITY_NET = SUMO_HOME / "tools" / "game" / "fokr_bs_demo" / "fokr_bs.net.
 
 # netconvert options every generated layout shares: realistic light timings, sidewalks and crosswalks.
 NETCONVERT_OPTIONS = [
-    "--no-turnarounds", "true",
-    "--walkingareas", "true",
-    "--offset.disable-normalization", "true",
-    "--tls.green.time", "22",
-    "--tls.yellow.time", "4",
-    "--tls.allred.time", "1",
-    "--junctions.corner-detail", "5",
-    "--default.junctions.radius", "6",
-    "--no-warnings", "true",
+    "--no-turnarounds",
+    "true",
+    "--walkingareas",
+    "true",
+    "--offset.disable-normalization",
+    "true",
+    "--tls.green.time",
+    "22",
+    "--tls.yellow.time",
+    "4",
+    "--tls.allred.time",
+    "1",
+    "--junctions.corner-detail",
+    "5",
+    "--default.junctions.radius",
+    "6",
+    "--no-warnings",
+    "true",
 ]
 
 
@@ -56,12 +65,29 @@ class PlainNet:
     def node(self, id: str, x: float, y: float, type: str = "priority") -> None:
         self.nodes.append(dict(id=id, x=f"{x:.2f}", y=f"{y:.2f}", type=type))
 
-    def road(self, a: str, b: str, lanes: int, speed: float, shape: list[tuple[float, float]] | None = None,
-             back_lanes: int | None = None, sidewalk: float = 2.5, lane_width: float = 3.3) -> None:
+    def road(
+        self,
+        a: str,
+        b: str,
+        lanes: int,
+        speed: float,
+        shape: list[tuple[float, float]] | None = None,
+        back_lanes: int | None = None,
+        sidewalk: float = 2.5,
+        lane_width: float = 3.3,
+    ) -> None:
         """A two-way road a <-> b (edge ids 'a_b' and 'b_a')."""
         for src, dst, n, pts in ((a, b, lanes, shape), (b, a, back_lanes or lanes, shape[::-1] if shape else None)):
-            e = dict(id=f"{src}_{dst}", **{"from": src}, to=dst, numLanes=str(n), speed=f"{speed:.2f}",
-                     sidewalkWidth=f"{sidewalk}", width=f"{lane_width}", spreadType="right")
+            e = dict(
+                id=f"{src}_{dst}",
+                **{"from": src},
+                to=dst,
+                numLanes=str(n),
+                speed=f"{speed:.2f}",
+                sidewalkWidth=f"{sidewalk}",
+                width=f"{lane_width}",
+                spreadType="right",
+            )
             if pts:
                 e["shape"] = " ".join(f"{x:.2f},{y:.2f}" for x, y in pts)
             self.edges.append(e)
@@ -70,8 +96,11 @@ class PlainNet:
         def tags(name: str, items: list[dict]) -> str:
             return "\n".join(f"  <{name} " + " ".join(f'{k}="{v}"' for k, v in it.items()) + "/>" for it in items)
 
-        return (f"<nodes>\n{tags('node', self.nodes)}\n</nodes>\n", f"<edges>\n{tags('edge', self.edges)}\n</edges>\n",
-                f"<connections>\n{tags('crossing', self.crossings)}\n</connections>\n")
+        return (
+            f"<nodes>\n{tags('node', self.nodes)}\n</nodes>\n",
+            f"<edges>\n{tags('edge', self.edges)}\n</edges>\n",
+            f"<connections>\n{tags('crossing', self.crossings)}\n</connections>\n",
+        )
 
 
 def build(plain: PlainNet, name: str) -> Path:
@@ -86,8 +115,18 @@ def build(plain: PlainNet, name: str) -> Path:
         for ext, text in files.items():
             Path(tmp, f"n.{ext}.xml").write_text(text)
         tmp_out = Path(tmp, "net.net.xml")
-        cmd = [NETCONVERT, "-n", f"{tmp}/n.nod.xml", "-e", f"{tmp}/n.edg.xml", "-x", f"{tmp}/n.con.xml",
-               "-o", str(tmp_out), *NETCONVERT_OPTIONS]
+        cmd = [
+            NETCONVERT,
+            "-n",
+            f"{tmp}/n.nod.xml",
+            "-e",
+            f"{tmp}/n.edg.xml",
+            "-x",
+            f"{tmp}/n.con.xml",
+            "-o",
+            str(tmp_out),
+            *NETCONVERT_OPTIONS,
+        ]
         if plain.guess_crossings:
             cmd += ["--crossings.guess", "true"]
         res = subprocess.run(cmd, capture_output=True, text=True)
@@ -281,8 +320,17 @@ def read_network(path: Path) -> Network:
             drivable.append(shape)
     lights, signs = [], []
     for node in net.getNodes():
-        incoming = [ln for e in node.getIncoming() if e.getFunction() == "" for ln in e.getLanes()
-                    if ln.allows("passenger")]
+        incoming = [
+            ln for e in node.getIncoming() if e.getFunction() == "" for ln in e.getLanes() if ln.allows("passenger")
+        ]
+        # A real junction joins three or more roads; a zebra on a straight street gets no give-way signs.
+        junction = (
+            len(
+                {e.getFromNode().getID() for e in node.getIncoming()}
+                | {e.getToNode().getID() for e in node.getOutgoing()}
+            )
+            >= 3
+        )
         for lane in incoming:
             conns = lane.getOutgoing()
             if not conns:
@@ -294,17 +342,25 @@ def read_network(path: Path) -> Network:
             normal = np.array([-direction[1], direction[0]], np.float32)
             half = lane.getWidth() / 2
             line = np.stack([end + normal * half, end - normal * half]).astype(np.float32)
-            # Pole on the right of the rightmost lane of the edge, facing back towards approaching cars.
-            right_edge = np.asarray(lane.getEdge().getLanes()[0].getShape()[-1], np.float32)
-            pole = right_edge - normal * (lane.getEdge().getLanes()[0].getWidth() / 2 + 1.0)
+            # Poles stand on the kerb right of the rightmost car lane; one per lane, staggered back along the kerb.
+            first = lane.getEdge().getLanes()[_first_car_lane(lane.getEdge())]
+            kerb = np.asarray(first.getShape()[-1], np.float32) - normal * (first.getWidth() / 2 + 0.8)
+            pole = kerb - direction * 1.5 * (lane.getIndex() - first.getIndex())
             main = sorted(conns, key=lambda c: "srlLRt".find(c.getDirection()) % 6)[0]
             state = main.getState()
             if main.getTLSID():
-                pole_here = end - normal * (half + 0.6) if lane.getIndex() > 0 else pole
-                lights.append(LightGroup(main.getTLSID(), main.getTLLinkIndex(), lane.getID(), pole_here,
-                                         yaw + np.pi, line))
+                lights.append(
+                    LightGroup(
+                        main.getTLSID(),
+                        main.getTLLinkIndex(),
+                        lane.getID(),
+                        _far_side_pole(conns, pole, lane.getIndex() - first.getIndex()),
+                        yaw + np.pi,
+                        line,
+                    )
+                )
                 stop_lines.append(line)
-            elif state in ("s", "w", "m") and lane.getIndex() == _first_car_lane(lane.getEdge()):
+            elif state in ("s", "w", "m") and lane.getIndex() == _first_car_lane(lane.getEdge()) and junction:
                 kind = YIELD_SIGN if state == "m" else STOP_SIGN
                 full = _edge_stop_line(lane.getEdge(), normal)
                 signs.append((pole, yaw + np.pi, kind, 0.0, full, lane.getID()))
@@ -324,16 +380,33 @@ def read_network(path: Path) -> Network:
         d = (shape[1] - shape[0]) / max(np.linalg.norm(shape[1] - shape[0]), 1e-6)
         normal = np.array([-d[1], d[0]], np.float32)
         pos = shape[0] + d * 12 - normal * (lane0.getWidth() / 2 + 1.2)
-        signs.append((pos, float(np.arctan2(d[1], d[0])) + np.pi, SPEED_SIGN, float(kmh), np.zeros((2, 2), np.float32),
-                      lane0.getID()))
+        signs.append(
+            (
+                pos,
+                float(np.arctan2(d[1], d[0])) + np.pi,
+                SPEED_SIGN,
+                float(kmh),
+                np.zeros((2, 2), np.float32),
+                lane0.getID(),
+            )
+        )
     road = RoadMap(
-        drivable=drivable, sidewalks=sidewalks, crosswalks=crosswalks, markings=markings,
+        drivable=drivable,
+        sidewalks=sidewalks,
+        crosswalks=crosswalks,
+        markings=markings,
         marking_kind=np.asarray(kinds, np.int8),
         stop_lines=np.asarray(stop_lines, np.float32).reshape(-1, 2, 2),
-        lane_centers=centers, lane_width=widths, lane_speed=speeds, name=Path(path).name,
+        lane_centers=centers,
+        lane_width=widths,
+        lane_speed=speeds,
+        name=Path(path).name,
     )
     return Network(
-        path=Path(path), net=net, road=road, lights=lights,
+        path=Path(path),
+        net=net,
+        road=road,
+        lights=lights,
         sign_pos=np.asarray([s[0] for s in signs], np.float32).reshape(-1, 2),
         sign_yaw=np.asarray([s[1] for s in signs], np.float32),
         sign_kind=np.asarray([s[2] for s in signs], np.int8),
@@ -343,14 +416,29 @@ def read_network(path: Path) -> Network:
     )
 
 
+def _far_side_pole(conns: list, near_pole: np.ndarray, stagger: int) -> np.ndarray:
+    """Signal heads stand on the far kerb across the junction (as in North America), so a car waiting at the stop
+    line still sees its light ahead; without a straight exit the pole stays on the near kerb."""
+    straight = [c for c in conns if c.getDirection() == "s"]
+    if not straight:
+        return near_pole
+    out = straight[0].getTo()
+    first = out.getLanes()[_first_car_lane(out)]
+    shape = np.asarray(first.getShape(), np.float32)
+    d = (shape[1] - shape[0]) / max(float(np.linalg.norm(shape[1] - shape[0])), 1e-6)
+    normal = np.array([-d[1], d[0]], np.float32)
+    return shape[0] - normal * (first.getWidth() / 2 + 0.8) + d * (2.0 + 1.5 * stagger)
+
+
 def _first_car_lane(edge: sumolib.net.edge.Edge) -> int:
     return next((i for i, ln in enumerate(edge.getLanes()) if ln.allows("passenger")), 0)
 
 
 def _edge_stop_line(edge: sumolib.net.edge.Edge, normal: np.ndarray) -> np.ndarray:
     """A stop line across every car lane of an edge, at its end."""
-    ends = [(np.asarray(ln.getShape()[-1], np.float32), ln.getWidth()) for ln in edge.getLanes() if ln.allows("passenger")]
+    ends = [
+        (np.asarray(ln.getShape()[-1], np.float32), ln.getWidth()) for ln in edge.getLanes() if ln.allows("passenger")
+    ]
     right = ends[0][0] - normal * ends[0][1] / 2
     left = ends[-1][0] + normal * ends[-1][1] / 2
     return np.stack([left, right]).astype(np.float32)
-

@@ -60,8 +60,12 @@ def build_route(network: Network, edges: list[str], start_lane: int = 0) -> Rout
         edge = net.getEdge(edge_id)
         if i + 1 < len(edges):
             nxt = net.getEdge(edges[i + 1])
-            ok = [c for ln in edge.getLanes() for c in ln.getOutgoing()
-                  if c.getTo() == nxt and ln.allows("passenger") and c.getToLane().allows("passenger")]
+            ok = [
+                c
+                for ln in edge.getLanes()
+                for c in ln.getOutgoing()
+                if c.getTo() == nxt and ln.allows("passenger") and c.getToLane().allows("passenger")
+            ]
             if not ok:
                 raise ValueError(f"route edges {edge_id} -> {edges[i + 1]} are not connected")
             conn = min(ok, key=lambda c: abs(c.getFromLane().getIndex() - lane.getIndex()))
@@ -107,8 +111,9 @@ def _resample_n(pts: np.ndarray, n: int) -> np.ndarray:
     return np.stack([np.interp(u, s, pts[:, 0]), np.interp(u, s, pts[:, 1])], 1)
 
 
-def _resample(network: Network, pieces: list[tuple[np.ndarray, str]], turns: list[tuple[int, str]],
-              edges: list[str]) -> RoutePath:
+def _resample(
+    network: Network, pieces: list[tuple[np.ndarray, str]], turns: list[tuple[int, str]], edges: list[str]
+) -> RoutePath:
     pts, lanes, starts = [], [], []
     total = 0
     for shape, lane_id in pieces:
@@ -136,5 +141,14 @@ def _resample(network: Network, pieces: list[tuple[np.ndarray, str]], turns: lis
     # Map each junction's first raw point to path arc length.
     raw_index = np.cumsum(keep) - 1
     turn_s = np.array([raw_s[raw_index[min(starts[k], len(raw_index) - 1)]] for k, _ in turns if k < len(starts)])
-    return RoutePath(xy=xy, s=s, yaw=yaw, curvature=curvature, speed_limit=limit, lane=lane, turn_s=turn_s,
-                     turn_dir=[d for k, d in turns if k < len(starts)], edges=list(edges))
+    return RoutePath(
+        xy=xy,
+        s=s,
+        yaw=yaw,
+        curvature=curvature,
+        speed_limit=limit,
+        lane=lane,
+        turn_s=turn_s,
+        turn_dir=[d for k, d in turns if k < len(starts)],
+        edges=list(edges),
+    )

@@ -46,8 +46,9 @@ class Family:
         defaults = self.default_config()
         unknown = set(config or {}) - set(defaults)
         if unknown:
-            raise KeyError(f"unknown config keys for family {self.name!r}: {sorted(unknown)}; "
-                           f"valid keys: {sorted(defaults)}")
+            raise KeyError(
+                f"unknown config keys for family {self.name!r}: {sorted(unknown)}; valid keys: {sorted(defaults)}"
+            )
         self.config = {**defaults, **(config or {})}
 
     def layout(self, rng: np.random.Generator) -> nw.PlainNet:
@@ -71,11 +72,16 @@ class Family:
 
     # ------------------------------------------------------------------ shared pieces
 
-    def base_spec(self, net: nw.Network, route: RoutePath, rng: np.random.Generator, seed: int,
-                  start_s: float) -> WorldSpec:
+    def base_spec(
+        self, net: nw.Network, route: RoutePath, rng: np.random.Generator, seed: int, start_s: float
+    ) -> WorldSpec:
         lo, hi = self.config["ego_speed"]
         return WorldSpec(
-            network=net, route=route, seed=seed, ego_start_s=start_s, ego_speed=float(rng.uniform(lo, hi)),
+            network=net,
+            route=route,
+            seed=seed,
+            ego_start_s=start_s,
+            ego_speed=float(rng.uniform(lo, hi)),
             duration_s=float(self.config["duration_s"]),
             traffic=random_traffic(net, rng, int(self.config["vehicles"]), avoid=route, start_s=start_s),
             walker_routes=random_walkers(net, rng, int(self.config["walkers"])),
@@ -91,8 +97,9 @@ def car_edges(net: nw.Network) -> list:
     return [e for e in net.net.getEdges() if e.getFunction() == "" and e.allows("passenger")]
 
 
-def random_traffic(net: nw.Network, rng: np.random.Generator, n: int, avoid: RoutePath,
-                   start_s: float) -> list[TrafficSpec]:
+def random_traffic(
+    net: nw.Network, rng: np.random.Generator, n: int, avoid: RoutePath, start_s: float
+) -> list[TrafficSpec]:
     """Vehicles on random shortest-path routes; most start at once spread over the map, the rest trickle in."""
     edges = car_edges(net)
     out: list[TrafficSpec] = []
@@ -144,8 +151,15 @@ def road_sides(net: nw.Network, route: RoutePath, s: float) -> tuple[np.ndarray,
     return p, right, d_right, d_left
 
 
-def crossing_pedestrian(net: nw.Network, route: RoutePath, s: float, rng: np.random.Generator, intent: int,
-                        trigger_s: float, from_right: bool = True) -> ScriptedPedestrian:
+def crossing_pedestrian(
+    net: nw.Network,
+    route: RoutePath,
+    s: float,
+    rng: np.random.Generator,
+    intent: int,
+    trigger_s: float,
+    from_right: bool = True,
+) -> ScriptedPedestrian:
     """A pedestrian who walks along the sidewalk to the curb at route arc length s, then crosses (or waits)."""
     p, right, d_right, d_left = road_sides(net, route, s)
     side = right if from_right else -right
@@ -155,8 +169,9 @@ def crossing_pedestrian(net: nw.Network, route: RoutePath, s: float, rng: np.ran
     start = curb - along * rng.uniform(5, 10) + side * 0.7
     far = p - side * (d_far + 0.8)
     path = np.stack([start, curb, far, far + along * 6.0])
-    return ScriptedPedestrian(path=path, curb_index=1, intent=intent, cross_at_s=s, trigger_s=trigger_s,
-                              speed=float(rng.uniform(1.1, 1.6)))
+    return ScriptedPedestrian(
+        path=path, curb_index=1, intent=intent, cross_at_s=s, trigger_s=trigger_s, speed=float(rng.uniform(1.1, 1.6))
+    )
 
 
 def parked_car(net: nw.Network, route: RoutePath, s: float, truck: bool = False) -> np.ndarray:
@@ -202,10 +217,14 @@ class CutIn(Straight):
         lane = net.net.getLane(route.lane[0])
         target = lane.getIndex() + 1 if lane.getIndex() + 1 < len(lane.getEdge().getLanes()) else lane.getIndex() - 1
         speed = spec.ego_speed + rng.uniform(3, 6)
-        spec.traffic.append(TrafficSpec([*route.edges], "rude", 0.0, f"{rng.uniform(0, 6):.1f}", target,
-                                         f"{speed:.1f}"))
-        spec.rude.append(RudeDriver(f"v{len(spec.traffic) - 1}", "cut_in", target_lane=lane.getIndex(),
-                                    trigger_gap=float(rng.uniform(3, 9))))
+        spec.traffic.append(
+            TrafficSpec([*route.edges], "rude", 0.0, f"{rng.uniform(0, 6):.1f}", target, f"{speed:.1f}")
+        )
+        spec.rude.append(
+            RudeDriver(
+                f"v{len(spec.traffic) - 1}", "cut_in", target_lane=lane.getIndex(), trigger_gap=float(rng.uniform(3, 9))
+            )
+        )
         return spec
 
 
@@ -281,18 +300,29 @@ class Crosswalk(Family):
     def populate(self, net, rng, seed):
         route = build_route(net, ["a_x", "x_b"], start_lane=0)
         spec = self.base_spec(net, route, rng, seed, start_s=float(rng.uniform(5, 40)))
-        spec.walker_routes += [("a_x", "x_a", float(rng.uniform(0, 12)), float(rng.uniform(0, 40)))
-                               for _ in range(int(rng.integers(1, 4)))]
+        spec.walker_routes += [
+            ("a_x", "x_a", float(rng.uniform(0, 12)), float(rng.uniform(0, 40))) for _ in range(int(rng.integers(1, 4)))
+        ]
         lo, hi = self.config["scripted"]
         for _ in range(int(rng.integers(lo, hi + 1))):
             s = float(rng.uniform(spec.ego_start_s + 50, route.length - 40))
             intent = CROSS if rng.random() < 0.6 else WAIT
-            spec.scripted_pedestrians.append(crossing_pedestrian(net, route, s, rng, intent,
-                                                                 trigger_s=float(rng.uniform(25, 50)),
-                                                                 from_right=bool(rng.random() < 0.6)))
+            spec.scripted_pedestrians.append(
+                crossing_pedestrian(
+                    net,
+                    route,
+                    s,
+                    rng,
+                    intent,
+                    trigger_s=float(rng.uniform(25, 50)),
+                    from_right=bool(rng.random() < 0.6),
+                )
+            )
         lo, hi = self.config["parked"]
-        parked = [parked_car(net, route, float(rng.uniform(spec.ego_start_s + 20, route.length - 20)))
-                  for _ in range(int(rng.integers(lo, hi + 1)))]
+        parked = [
+            parked_car(net, route, float(rng.uniform(spec.ego_start_s + 20, route.length - 20)))
+            for _ in range(int(rng.integers(lo, hi + 1)))
+        ]
         spec.parked = np.stack(parked) if parked else spec.parked
         return spec
 
@@ -333,8 +363,9 @@ class UrbanMixed(Family):
             s = float(rng.uniform(60, route.length - 30))
             if not _near_junction(route, s):
                 intent = CROSS if rng.random() < 0.5 else WAIT
-                spec.scripted_pedestrians.append(crossing_pedestrian(net, route, s, rng, intent,
-                                                                     trigger_s=float(rng.uniform(25, 45))))
+                spec.scripted_pedestrians.append(
+                    crossing_pedestrian(net, route, s, rng, intent, trigger_s=float(rng.uniform(25, 45)))
+                )
         return spec
 
 
@@ -347,8 +378,14 @@ class HeldoutCity(Family):
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
-        return {**super().default_config(), "duration_s": 40.0, "vehicles": 24, "walkers": 20, "min_route_m": 250.0,
-                "layout_variants": 1}
+        return {
+            **super().default_config(),
+            "duration_s": 40.0,
+            "vehicles": 24,
+            "walkers": 20,
+            "min_route_m": 250.0,
+            "layout_variants": 1,
+        }
 
     def network(self, seed):
         return load_network(nw.HELDOUT_CITY_NET)
@@ -364,7 +401,7 @@ def random_route(net: nw.Network, rng: np.random.Generator, min_length: float) -
     best = None
     for _ in range(400):
         a, b = rng.choice(len(edges), 2, replace=False)
-        path, cost = net.net.getShortestPath(edges[a], edges[b], vClass="passenger")
+        path, _cost = net.net.getShortestPath(edges[a], edges[b], vClass="passenger")
         if not path:
             continue
         length = sum(e.getLength() for e in path)
@@ -384,8 +421,7 @@ def _near_junction(route: RoutePath, s: float, margin: float = 25.0) -> bool:
     return bool(np.any(np.abs(route.turn_s - s) < margin)) or s < 20
 
 
-def add_rude_traffic(spec: WorldSpec, net: nw.Network, route: RoutePath, rng: np.random.Generator,
-                     prob: float) -> None:
+def add_rude_traffic(spec: WorldSpec, net: nw.Network, route: RoutePath, rng: np.random.Generator, prob: float) -> None:
     """Sometimes a leader in the ego lane that brakes late and hard."""
     if rng.random() >= prob:
         return
@@ -397,8 +433,17 @@ def add_rude_traffic(spec: WorldSpec, net: nw.Network, route: RoutePath, rng: np
 
 FAMILIES: dict[str, type[Family]] = {
     cls.name: cls
-    for cls in (Straight, IntersectionSignal, IntersectionStop, Crosswalk, UrbanMixed, OccludedPedestrian,
-                YellowLight, CutIn, HeldoutCity)
+    for cls in (
+        Straight,
+        IntersectionSignal,
+        IntersectionStop,
+        Crosswalk,
+        UrbanMixed,
+        OccludedPedestrian,
+        YellowLight,
+        CutIn,
+        HeldoutCity,
+    )
 }
 TRAIN_FAMILIES = [n for n, c in FAMILIES.items() if not c.heldout]
 HARD_FAMILIES = [n for n, c in FAMILIES.items() if c.hard]

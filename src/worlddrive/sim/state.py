@@ -7,7 +7,7 @@ tested on a hand-made `WorldState`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -52,7 +52,18 @@ class RoadMap:
         return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
 
 
-@dataclass
+def value_eq(a: object, b: object) -> bool:
+    """Field-by-field equality that compares NumPy arrays by value (dataclass `==` cannot)."""
+    if type(a) is not type(b):
+        return False
+    for f in fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if not (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y):
+            return False
+    return True
+
+
+@dataclass(eq=False)
 class WorldState:
     """Everything true about one instant. Arrays are float32 unless noted; every (N, ·) may have N = 0."""
 
@@ -77,6 +88,8 @@ class WorldState:
     route: np.ndarray  # (P, 2) the ego's planned path centreline, world frame
     speed_limit: float  # m/s at the ego's position
     command: str  # navigation command: "straight" / "left" / "right" / "follow"
+
+    __eq__ = value_eq
 
     @property
     def ego_xy(self) -> np.ndarray:
@@ -108,4 +121,6 @@ def box_corners(boxes: np.ndarray) -> np.ndarray:
     hl, hw = length / 2, width / 2
     lx = np.stack([hl, -hl, -hl, hl], axis=1)  # (N, 4)
     ly = np.stack([hw, hw, -hw, -hw], axis=1)
-    return np.stack([x[:, None] + c[:, None] * lx - s[:, None] * ly, y[:, None] + s[:, None] * lx + c[:, None] * ly], -1)
+    return np.stack(
+        [x[:, None] + c[:, None] * lx - s[:, None] * ly, y[:, None] + s[:, None] * lx + c[:, None] * ly], -1
+    )

@@ -184,7 +184,7 @@ def _place_vehicles(rng: np.random.Generator, b: _Builder, ego: np.ndarray, n: i
 
 def _place_pedestrians(rng: np.random.Generator, arms: dict[str, np.ndarray], n: int) -> list[list[float]]:
     """Rows x, y, yaw, speed, intent: one at the ego's crosswalk facing the road, then walkers, crossers and waiters."""
-    rows = [[HALF_ROAD + 1.0, -HALF_ROAD - 2.5, np.pi, 0.3, CROSS]]
+    rows = [[HALF_ROAD + 2.5, -HALF_ROAD - 1.5, np.pi, 0.3, CROSS]]
     main = ["S", "N", "E", "W"]
     while len(rows) < n:
         line, side = arms[main[rng.integers(4)]], rng.choice([-1.0, 1.0])

@@ -92,7 +92,9 @@ class ScriptedPedestrian:
             return
         if self.phase == "curb":
             # Body language: a crosser faces the road and shuffles; a waiter turns away and stands.
-            target_yaw = self._segment_yaw(self.curb_index) if self.intent == CROSS else self._segment_yaw(0) + np.pi / 2
+            target_yaw = (
+                self._segment_yaw(self.curb_index) if self.intent == CROSS else self._segment_yaw(0) + np.pi / 2
+            )
             self.yaw += float(np.clip(_wrap(target_yaw - self.yaw), -1.5 * dt, 1.5 * dt))
             self.vel = 0.0
             if self.intent == CROSS and ego_s >= self.cross_at_s - self.trigger_s:
@@ -184,10 +186,32 @@ class World:
 
     def reset(self) -> WorldState:
         global _running
-        args = ["-n", str(self.net.path), "-a", _vtypes_file(), "--step-length", str(DT), "--no-step-log", "true",
-                "--no-warnings", "true", "--seed", str(self.spec.seed % 2**31), "--collision.action", "none",
-                "--time-to-teleport", "-1", "--ignore-route-errors", "true", "--default.action-step-length", str(DT),
-                "--collision.check-junctions", "false", "--pedestrian.model", "nonInteracting"]
+        args = [
+            "-n",
+            str(self.net.path),
+            "-a",
+            _vtypes_file(),
+            "--step-length",
+            str(DT),
+            "--no-step-log",
+            "true",
+            "--no-warnings",
+            "true",
+            "--seed",
+            str(self.spec.seed % 2**31),
+            "--collision.action",
+            "none",
+            "--time-to-teleport",
+            "-1",
+            "--ignore-route-errors",
+            "true",
+            "--default.action-step-length",
+            str(DT),
+            "--collision.check-junctions",
+            "false",
+            "--pedestrian.model",
+            "nonInteracting",
+        ]
         if _running:
             libsumo.load(args)
         else:
@@ -207,8 +231,15 @@ class World:
         libsumo.vehicle.setLaneChangeMode("ego", 0)
         for k, car in enumerate(spec.traffic):
             libsumo.route.add(f"r{k}", car.edges)
-            libsumo.vehicle.add(f"v{k}", f"r{k}", typeID=car.vtype, depart=f"{car.depart:.1f}",
-                                departPos=car.depart_pos, departSpeed=car.depart_speed, departLane=str(car.depart_lane))
+            libsumo.vehicle.add(
+                f"v{k}",
+                f"r{k}",
+                typeID=car.vtype,
+                depart=f"{car.depart:.1f}",
+                departPos=car.depart_pos,
+                departSpeed=car.depart_speed,
+                departLane=str(car.depart_lane),
+            )
         for k, (src, dst, depart, pos) in enumerate(spec.walker_routes):
             pid = f"p{k}"
             stages = libsumo.simulation.findIntermodalRoute(src, dst, modes="", depart=depart, vType="walker")
@@ -282,7 +313,7 @@ class World:
             if rude.done or rude.vid not in veh:
                 continue
             x, y = veh[rude.vid][tc.VAR_POSITION]
-            i, s, lat = self.route.project(np.array([x, y]), hint=self.ego_index)
+            _i, s, lat = self.route.project(np.array([x, y]), hint=self.ego_index)
             gap = s - veh[rude.vid][tc.VAR_LENGTH] - self._ego_front_s()  # its rear minus our front
             if rude.kind == "cut_in" and 0 < gap < rude.trigger_gap and abs(lat) > 1.5:
                 libsumo.vehicle.setLaneChangeMode(rude.vid, 0)
@@ -336,8 +367,11 @@ class World:
     def _force_state(self, tls: str, link: int, green: bool) -> None:
         logic = libsumo.trafficlight.getAllProgramLogics(tls)[0]
         states = [p.state for p in logic.phases]
-        want = [i for i, st in enumerate(states) if st[link] in "Gg"] if green else \
-            [i for i, st in enumerate(states) if st[link] in "yY" and states[i - 1][link] in "Gg"]
+        want = (
+            [i for i, st in enumerate(states) if st[link] in "Gg"]
+            if green
+            else [i for i, st in enumerate(states) if st[link] in "yY" and states[i - 1][link] in "Gg"]
+        )
         if not want:
             return
         current = libsumo.trafficlight.getPhase(tls)
@@ -385,8 +419,16 @@ class World:
             yaw = np.radians(90.0 - r[tc.VAR_ANGLE])
             length = r[tc.VAR_LENGTH]
             # SUMO reports the front bumper; our boxes are centred.
-            rows.append((x - 0.5 * length * np.cos(yaw), y - 0.5 * length * np.sin(yaw), yaw, r[tc.VAR_SPEED], length,
-                         r[tc.VAR_WIDTH]))
+            rows.append(
+                (
+                    x - 0.5 * length * np.cos(yaw),
+                    y - 0.5 * length * np.sin(yaw),
+                    yaw,
+                    r[tc.VAR_SPEED],
+                    length,
+                    r[tc.VAR_WIDTH],
+                )
+            )
             kinds.append(TRUCK if r[tc.VAR_TYPE] == "truck" else CAR)
             ids.append(vid)
         parked = self.spec.parked
@@ -432,4 +474,3 @@ class World:
 
 def _wrap(a: float) -> float:
     return (a + np.pi) % (2 * np.pi) - np.pi
-

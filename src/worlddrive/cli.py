@@ -1,0 +1,341 @@
+"""`worlddrive` command line: the one place that wires sim, data and eval together.
+
+Every command that measures prints one machine-readable line last: `RESULT key=value ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+DEMO_FAMILIES = (
+    "straight,intersection_signal,intersection_stop,crosswalk,urban_mixed,occluded_pedestrian,yellow_light,cut_in"
+)
+
+
+def _families(text: str) -> list[str]:
+    from worlddrive.sim.scenarios import FAMILIES
+
+    names = [f.strip() for f in text.split(",") if f.strip()]
+    if not names:
+        raise SystemExit("error: --families is empty")
+    unknown = [f for f in names if f not in FAMILIES]
+    if unknown:
+        raise SystemExit(f"error: unknown family {', '.join(unknown)}; known: {', '.join(FAMILIES)}")
+    return names
+
+
+def _seed_range(text: str) -> list[int]:
+    try:
+        a, b = (int(x) for x in text.split("-"))
+    except ValueError:
+        raise SystemExit(f"error: --seeds must look like A-B (e.g. 1000000-1000099), got {text!r}") from None
+    if b < a or a < 0:
+        raise SystemExit(f"error: --seeds range {text!r} is empty or negative")
+    return list(range(a, b + 1))
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise SystemExit(f"error: output folder {path} is not writable: {e}") from None
+    return path
+
+
+def _result(**kv) -> None:
+    print("RESULT " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kv.items()))
+
+
+# ---------------------------------------------------------------------- commands
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from worlddrive.data.generate import generate
+
+    if a.episodes <= 0:
+        raise SystemExit(f"error: --episodes must be positive, got {a.episodes}")
+    families = _families(a.families)
+    t0 = time.time()
+    info = generate(
+        families,
+        a.episodes,
+        a.seed,
+        Path(a.out),
+        workers=a.workers,
+        ray_address=a.ray_address,
+        episodes_per_shard=a.episodes_per_shard,
+    )
+    dt = time.time() - t0
+    counts = info["counts"]
+    _result(
+        episodes=counts["episodes"],
+        samples=counts["samples"],
+        seconds=dt,
+        samples_per_s=counts["samples"] / max(dt, 1e-9),
+    )
+    return 0
+
+
+def cmd_dataset(a: argparse.Namespace) -> int:
+    if a.action == "validate":
+        from worlddrive.data.format import validate
+
+        problems = validate(Path(a.path))
+        for p in problems:
+            print(f"problem: {p}", file=sys.stderr)
+        print(f"{a.path}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        _result(ok=int(not problems), problems=len(problems))
+        return 1 if problems else 0
+    from worlddrive.data.show import show
+
+    print(show(Path(a.path), Path(a.out), n=a.n))
+    print(f"contact sheet: {a.out}")
+    return 0
+
+
+def cmd_drive(a: argparse.Namespace) -> int:
+    import numpy as np
+
+    from worlddrive.data.annotate import SceneFacts, reasoning
+    from worlddrive.eval.closed_loop import ExpertDriver, run_episode
+    from worlddrive.eval.visualize import bev_panel, panel, write_gif
+    from worlddrive.sim.camera import BevConfig, BevRenderer, FrontCamera
+
+    if a.policy != "expert":
+        raise SystemExit(f"error: --policy {a.policy!r} is not available yet; available: expert")
+    _families(a.family)
+    cam, bev_cfg = FrontCamera(), BevConfig()
+    bev = BevRenderer(bev_cfg)
+    frames: list[np.ndarray] = []
+    rng = np.random.default_rng(a.seed)
+    text = [""]
+
+    def on_step(world, state, out):
+        k = round(state.t * 10)
+        if k % 5 == 0:  # the reasoning is refreshed at the keyframe rate, 2 Hz
+            text[0] = reasoning(SceneFacts.from_dict(out.facts), rng)
+        if k % a.every == 0:
+            road = world.net.road
+            header = (
+                f"{a.family} seed {a.seed}  t={state.t:4.1f}s  v={state.ego[3] * 3.6:4.0f} km/h  cmd={state.command}"
+            )
+            frames.append(
+                panel(
+                    cam.render(state, road),
+                    bev_panel(bev.render(state, road), out.trajectory, bev_cfg),
+                    text[0],
+                    header,
+                )
+            )
+
+    res = run_episode(a.family, a.seed, ExpertDriver(), on_step=on_step)
+    if res.error:
+        print(res.error, file=sys.stderr)
+        return 1
+    write_gif(frames, Path(a.out), fps=max(1, 10 // a.every))
+    s = res.score
+    print(f"wrote {a.out} ({len(frames)} frames)")
+    print(
+        f"Drive Score {s.ds:.3f}  NC {s.nc:.2f} DAC {s.dac:.2f} TLC {s.tlc:.2f} YC {s.yc:.2f} TTC {s.ttc:.2f} "
+        f"EP {s.ep:.2f} C {s.c:.2f} SL {s.sl:.2f}  progress {res.progress_m:.0f} m"
+    )
+    _result(ds=s.ds, progress_m=res.progress_m, collisions=s.collisions_at_fault)
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from worlddrive.eval.closed_loop import eval_seeds, family_table, run_expert_episodes
+
+    if a.policy != "expert":
+        raise SystemExit(f"error: --policy {a.policy!r} is not available yet; available: expert")
+    if a.episodes <= 0 and not a.seeds:
+        raise SystemExit(f"error: --episodes must be positive, got {a.episodes}")
+    families = _families(a.families)
+    seeds = _seed_range(a.seeds) if a.seeds else eval_seeds(a.episodes)
+    out = _writable_dir(Path(a.out))
+    jobs = [(f, s) for f in families for s in seeds]
+    results = []
+    records = out / "episodes.jsonl"
+    with (
+        Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            transient=False,
+        ) as bar,
+        open(records, "w") as fh,
+    ):
+        task = bar.add_task(f"expert × {len(families)} families", total=len(jobs))
+        for r in run_expert_episodes(jobs, workers=a.workers):
+            results.append(r)
+            fh.write(json.dumps(r.as_dict()) + "\n")
+            fh.flush()
+            bar.advance(task)
+    rows = family_table(results)
+    _print_table(Console(), rows, f"expert Drive Score, seeds {seeds[0]}–{seeds[-1]}")
+    _atomic_json(out / "summary.json", {"policy": a.policy, "seeds": [seeds[0], seeds[-1]], "families": rows})
+    for r in results:
+        if r.error or (r.score and r.score.ds < 0.5):
+            why = "error" if r.error else ", ".join(f"{i['what']}@{i['t']}s" for i in r.infractions[:3]) or "low score"
+            print(f"  low: {r.family} seed {r.seed}: ds={r.score.ds if r.score else 0:.2f} ({why})")
+    ds = sum(r["ds"] * r["episodes"] for r in rows) / sum(r["episodes"] for r in rows)
+    coll = sum(r["collisions_at_fault"] for r in rows) / max(len(results), 1) * 100
+    _result(ds=ds, expert_ds=ds, episodes=len(results), collisions=coll, errors=sum(r["errors"] for r in rows))
+    return 0
+
+
+def _print_table(console, rows: list[dict], title: str) -> None:
+    from rich.table import Table
+
+    t = Table(title=title)
+    for col in ("family", "n", "DS", "NC", "DAC", "TLC", "YC", "TTC", "EP", "C", "SL", "coll/km", "red/km", "compl."):
+        t.add_column(col, justify="right")
+    for r in rows:
+        t.add_row(
+            r["family"],
+            str(r["episodes"]),
+            *(f"{r[k]:.3f}" for k in ("ds", "nc", "dac", "tlc", "yc", "ttc", "ep", "c", "sl")),
+            f"{r['collisions_at_fault_per_km']:.2f}",
+            f"{r['red_lights_per_km']:.2f}",
+            f"{r['route_completion']:.2f}",
+        )
+    console.print(t)
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from worlddrive.sim.bench import bench_sim
+
+    if a.what != "sim":
+        raise SystemExit(f"error: unknown benchmark {a.what!r}; available: sim")
+    res = bench_sim(seconds=a.seconds)
+    for k, v in res.items():
+        print(f"{k:28s} {v:10.1f}")
+    _result(**res)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    """The main job (for now): generate a small dataset, drive the expert to a GIF, score the expert per family."""
+    out = _writable_dir(Path(a.out))
+    t0 = time.time()
+    steps = [
+        [
+            "generate",
+            "--families",
+            DEMO_FAMILIES,
+            "--episodes",
+            str(a.episodes),
+            "--seed",
+            "0",
+            "--out",
+            str(out / "data"),
+            "--workers",
+            str(a.workers),
+        ],
+        ["dataset", "validate", str(out / "data")],
+        ["dataset", "show", str(out / "data"), "--out", str(out / "contact_sheet.png")],
+        ["drive", "--policy", "expert", "--family", "urban_mixed", "--seed", "3", "--out", str(out / "drive.gif")],
+        [
+            "eval",
+            "--policy",
+            "expert",
+            "--families",
+            DEMO_FAMILIES + ",heldout_city",
+            "--episodes",
+            str(a.eval_episodes),
+            "--workers",
+            str(a.workers),
+            "--out",
+            str(out / "eval"),
+        ],
+    ]
+    for argv in steps:
+        print(f"\n$ worlddrive {' '.join(argv)}", flush=True)
+        code = main(argv)
+        if code:
+            print(f"demo step failed: worlddrive {' '.join(argv)}", file=sys.stderr)
+            return code
+    print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs in {out}/ (drive.gif, contact_sheet.png, eval/)")
+    return 0
+
+
+# ---------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="worlddrive", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="drive the expert and store a dataset of 2 Hz keyframes")
+    g.add_argument("--families", default="straight,intersection_signal,crosswalk,urban_mixed")
+    g.add_argument("--episodes", type=int, default=4, help="episodes per family")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True)
+    g.add_argument("--workers", type=int, default=1)
+    g.add_argument("--ray-address", default=None)
+    g.add_argument("--episodes-per-shard", type=int, default=4)
+    g.set_defaults(fn=cmd_generate)
+
+    d = sub.add_parser("dataset", help="validate a dataset or show a contact sheet")
+    d.add_argument("action", choices=["validate", "show"])
+    d.add_argument("path")
+    d.add_argument("--out", default="sheet.png")
+    d.add_argument("-n", type=int, default=12)
+    d.set_defaults(fn=cmd_dataset)
+
+    v = sub.add_parser("drive", help="drive one episode and write a GIF (camera, BEV, plan, reasoning)")
+    v.add_argument("--policy", default="expert")
+    v.add_argument("--family", default="urban_mixed")
+    v.add_argument("--seed", type=int, default=3)
+    v.add_argument("--out", default="drive.gif")
+    v.add_argument("--every", type=int, default=2, help="keep every n-th 10 Hz step in the GIF")
+    v.set_defaults(fn=cmd_drive)
+
+    e = sub.add_parser("eval", help="closed-loop Drive Score per family on held-out seeds")
+    e.add_argument("--policy", default="expert")
+    e.add_argument("--families", default=DEMO_FAMILIES + ",heldout_city")
+    e.add_argument("--episodes", type=int, default=20)
+    e.add_argument("--seeds", default=None, help="A-B replaces the default held-out seed list")
+    e.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
+    e.add_argument("--out", default="out/eval")
+    e.set_defaults(fn=cmd_eval)
+
+    b = sub.add_parser("bench", help="speed benchmarks")
+    b.add_argument("what", choices=["sim"])
+    b.add_argument("--seconds", type=float, default=5.0, help="rough time budget per measurement")
+    b.set_defaults(fn=cmd_bench)
+
+    m = sub.add_parser("demo", help="the main job: data, a drive GIF and the expert's Drive Score table")
+    m.add_argument("--out", default="out/demo")
+    m.add_argument("--episodes", type=int, default=2, help="training episodes per family")
+    m.add_argument("--eval-episodes", type=int, default=4, help="evaluation episodes per family")
+    m.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
+    m.set_defaults(fn=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.fn(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

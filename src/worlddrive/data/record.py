@@ -1,0 +1,177 @@
+"""Drive one expert episode and turn it into training samples (DESIGN.md "Data").
+
+The simulation runs at 10 Hz; keyframes are taken at 2 Hz. Each keyframe's camera frame and BEV raster is rendered
+once and stored once per episode: a sample refers to its current, past and future frames by keyframe index, so the
+same pixels serve up to 11 samples without being drawn or written again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from worlddrive.data.annotate import SceneFacts, instruction, reasoning
+from worlddrive.sim.camera import BevConfig, BevRenderer, CameraConfig, FrontCamera
+from worlddrive.sim.expert import Expert
+from worlddrive.sim.scenarios import make_family
+from worlddrive.sim.state import EGO_YAW, WorldState, to_ego_frame
+from worlddrive.sim.vehicle import DT
+from worlddrive.sim.world import World
+
+KEY_EVERY = 5  # simulation steps per keyframe: 10 Hz -> 2 Hz
+FUTURE = 8  # keyframes ahead: 0.5 ... 4 s
+PAST = 2  # keyframes behind: 0.5, 1 s
+MAX_AGENTS = 32  # nearest agents kept per time step
+AGENT_FIELDS = ("x", "y", "yaw", "speed", "length", "width", "kind")  # ego frame; kind 0 car, 1 truck, 2 parked, 3 ped
+PED_KIND = 3
+COMMANDS = ("follow", "straight", "left", "right")
+
+
+@dataclass
+class EpisodeRecord:
+    """One episode's keyframes and the samples built on them. Arrays of samples have Ns rows."""
+
+    family: str
+    seed: int
+    frames: np.ndarray  # (K, H, W, 3) uint8 camera keyframes at 2 Hz
+    bev: np.ndarray  # (K, C, Hb, Wb) uint8 BEV keyframes
+    key_index: np.ndarray  # (Ns,) int32 keyframe of "now"; past frames are key_index - 1..PAST, future + 1..FUTURE
+    ego: np.ndarray  # (Ns, 7) float32 ego state (world frame pose, speed, accel, steer, yaw rate)
+    trajectory: np.ndarray  # (Ns, FUTURE, 3) float32 expert future x, y, yaw in the ego frame
+    past_trajectory: np.ndarray  # (Ns, PAST, 3) float32 ego poses 0.5 and 1 s ago in the current ego frame
+    agents: np.ndarray  # (Ns, FUTURE + 1, MAX_AGENTS, 7) float32 boxes at t + 0 ... 4 s in the ego frame at t
+    agent_mask: np.ndarray  # (Ns, FUTURE + 1, MAX_AGENTS) bool
+    lights: np.ndarray  # (Ns, FUTURE + 1) int8 state of the ego's next light at t + 0 ... 4 s, -1 if none
+    command: np.ndarray  # (Ns,) int8 index into COMMANDS
+    speed_limit: np.ndarray  # (Ns,) float32 m/s
+    instruction: list[str]
+    reasoning: list[str]
+    facts: list[str]  # SceneFacts as JSON
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.key_index)
+
+
+def record_episode(
+    family: str,
+    seed: int,
+    camera: CameraConfig | None = None,
+    bev: BevConfig | None = None,
+    family_config: dict | None = None,
+) -> EpisodeRecord:
+    """Drive the expert through (family, seed) and collect every keyframe that has 1 s of past and 4 s of future."""
+    fam = make_family(family, family_config)
+    spec = fam.make(seed)
+    world = World(spec)
+    expert = Expert(world)
+    cam, bev_r = FrontCamera(camera or CameraConfig()), BevRenderer(bev or BevConfig())
+    rng = np.random.default_rng([seed, 7])
+    state = world.reset()
+    steps = round(spec.duration_s / DT)
+    keys: list[WorldState] = []
+    facts: list[dict] = []
+    light_ahead: list[int] = []
+    frames, rasters = [], []
+    for k in range(steps + 1):
+        out = expert.act(state)
+        if k % KEY_EVERY == 0:
+            keys.append(state)
+            facts.append(out.facts)
+            light_ahead.append(_light_state_ahead(expert, state))
+            frames.append(cam.render(state, world.net.road))
+            rasters.append(bev_r.render(state, world.net.road))
+        if k == steps or world.ego_s >= world.route.length - 5.0:
+            break
+        state = world.step(out.accel, out.steer)
+    return _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world)
+
+
+def _light_state_ahead(expert: Expert, state: WorldState) -> int:
+    front = expert.world.ego_s + expert.limits.length / 2
+    ahead = np.nonzero((expert.light_s > front - 0.5) & (expert.light_s - front < 80))[0]
+    if not len(ahead):
+        return -1
+    return int(state.light_state[ahead[np.argmin(expert.light_s[ahead])]])
+
+
+def _agents(state: WorldState, ref: np.ndarray) -> np.ndarray:
+    """Boxes of vehicles and pedestrians in the ego frame of `ref`, nearest first, at most MAX_AGENTS rows (A, 7)."""
+    veh = state.vehicles
+    ped = state.pedestrians
+    rows = np.zeros((len(veh) + len(ped), 7), np.float32)
+    rows[: len(veh), :6] = veh
+    rows[: len(veh), 6] = state.vehicle_kind
+    rows[len(veh) :, :4] = ped
+    rows[len(veh) :, 4:6] = 0.5
+    rows[len(veh) :, 6] = PED_KIND
+    rows[:, :2] = to_ego_frame(rows[:, :2], ref)
+    rows[:, 2] = _wrap(rows[:, 2] - ref[EGO_YAW])
+    order = np.argsort(np.hypot(rows[:, 0], rows[:, 1]))[:MAX_AGENTS]
+    return rows[order]
+
+
+def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world) -> EpisodeRecord:
+    n = len(keys) - FUTURE - PAST
+    idx = np.arange(PAST, PAST + max(n, 0), dtype=np.int32)
+    ego = np.stack([keys[i].ego for i in idx]) if n > 0 else np.zeros((0, 7), np.float32)
+    traj = np.zeros((len(idx), FUTURE, 3), np.float32)
+    past = np.zeros((len(idx), PAST, 3), np.float32)
+    agents = np.zeros((len(idx), FUTURE + 1, MAX_AGENTS, 7), np.float32)
+    mask = np.zeros((len(idx), FUTURE + 1, MAX_AGENTS), bool)
+    lights = np.full((len(idx), FUTURE + 1), -1, np.int8)
+    texts_i, texts_r, texts_f, command, limit = [], [], [], [], []
+    for row, i in enumerate(idx):
+        ref = keys[i].ego
+        for f in range(1, FUTURE + 1):
+            e = keys[i + f].ego
+            traj[row, f - 1] = (*to_ego_frame(e[:2], ref), _wrap(e[EGO_YAW] - ref[EGO_YAW]))
+        for p in range(1, PAST + 1):
+            e = keys[i - p].ego
+            past[row, p - 1] = (*to_ego_frame(e[:2], ref), _wrap(e[EGO_YAW] - ref[EGO_YAW]))
+        for f in range(FUTURE + 1):
+            a = _agents(keys[i + f], ref)
+            agents[row, f, : len(a)] = a
+            mask[row, f, : len(a)] = True
+            lights[row, f] = light_ahead[i + f]
+        sf = SceneFacts.from_dict(facts[i])
+        route_cmd, dist = _next_turn(world, keys[i])
+        texts_i.append(instruction(route_cmd, rng, distance_m=dist))
+        texts_r.append(reasoning(sf, rng))
+        texts_f.append(json.dumps(sf.to_dict()))
+        command.append(COMMANDS.index(keys[i].command))
+        limit.append(keys[i].speed_limit)
+    return EpisodeRecord(
+        family=family,
+        seed=seed,
+        frames=np.stack(frames),
+        bev=np.stack(rasters),
+        key_index=idx,
+        ego=ego,
+        trajectory=traj,
+        past_trajectory=past,
+        agents=agents,
+        agent_mask=mask,
+        lights=lights,
+        command=np.asarray(command, np.int8),
+        speed_limit=np.asarray(limit, np.float32),
+        instruction=texts_i,
+        reasoning=texts_r,
+        facts=texts_f,
+    )
+
+
+def _next_turn(world: World, state: WorldState) -> tuple[str, float | None]:
+    """The route's next junction turn (however far) and its distance, for the instruction."""
+    r = world.route
+    _i, s, _ = r.project(state.ego[:2])
+    ahead = [(ts, d) for ts, d in zip(r.turn_s, r.turn_dir, strict=True) if ts > s]
+    if not ahead:
+        return "follow", None
+    return ahead[0][1], float(ahead[0][0] - s)
+
+
+def _wrap(a):
+    return (a + np.pi) % (2 * np.pi) - np.pi

@@ -1,0 +1,175 @@
+"""`worlddrive/Drive-v0`: the world as a gymnasium env (HighwayEnv style: a `default_config` merged with yours).
+
+Observation: front camera (H, W, 3) uint8, optional BEV raster (C, Hb, Wb) uint8, ego state (7,), the instruction
+text and the navigation command. Action: 8 ego-frame waypoints (x, y, yaw; 0.5 s apart) followed by the built-in
+controller (`action_type="trajectory"`), or direct controls in [-1, 1] (steer, acceleration; `"control"`).
+`info` carries the true `WorldState`, this step's infractions, the expert's plan and facts, and progress.
+"""
+
+from __future__ import annotations
+
+import string
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from worlddrive.data.annotate import instruction
+from worlddrive.eval.metrics import InfractionTracker
+from worlddrive.sim.camera import BEV_CHANNELS, BevConfig, BevRenderer, CameraConfig, FrontCamera
+from worlddrive.sim.expert import Expert
+from worlddrive.sim.scenarios import FAMILIES, make_family
+from worlddrive.sim.state import EGO_SPEED, WorldState
+from worlddrive.sim.vehicle import DT, N_WAYPOINTS, TrajectoryController
+from worlddrive.sim.world import World
+
+COMMANDS = ("follow", "straight", "left", "right")
+TEXT_CHARSET = string.ascii_letters + string.digits + " .,;:'-!?()/%"
+MAX_TRAJ_M = 120.0  # waypoints farther than this from the ego are rejected as out of range
+
+
+class DriveEnv(gym.Env):
+    metadata: ClassVar[dict] = {"render_modes": ["rgb_array"], "render_fps": round(1 / DT)}
+
+    @classmethod
+    def default_config(cls) -> dict[str, Any]:
+        return {
+            "family": "urban_mixed",
+            "family_config": {},
+            "action_type": "trajectory",  # or "control"
+            "camera": {},  # CameraConfig overrides
+            "bev": True,
+            "bev_config": {},
+            "heldout_instructions": False,
+        }
+
+    def __init__(self, config: dict[str, Any] | None = None, render_mode: str | None = None):
+        defaults = self.default_config()
+        unknown = set(config or {}) - set(defaults)
+        if unknown:
+            raise KeyError(f"unknown DriveEnv config keys {sorted(unknown)}; valid keys: {sorted(defaults)}")
+        self.config = {**defaults, **(config or {})}
+        if self.config["family"] not in FAMILIES:
+            raise KeyError(f"unknown scenario family {self.config['family']!r}; known: {', '.join(FAMILIES)}")
+        if self.config["action_type"] not in ("trajectory", "control"):
+            raise ValueError(f"action_type must be 'trajectory' or 'control', got {self.config['action_type']!r}")
+        self.render_mode = render_mode
+        self.family = make_family(self.config["family"], self.config["family_config"])
+        self.camera = FrontCamera(CameraConfig(**self.config["camera"]))
+        self.bev = BevRenderer(BevConfig(**self.config["bev_config"])) if self.config["bev"] else None
+        self.controller = TrajectoryController()
+        cam = self.camera.config
+        obs = {
+            "camera": spaces.Box(0, 255, (cam.height, cam.width, 3), np.uint8),
+            "ego": spaces.Box(-1e5, 1e5, (7,), np.float32),  # world-frame pose and dynamics
+            "instruction": spaces.Text(max_length=256, charset=TEXT_CHARSET),
+            "command": spaces.Discrete(len(COMMANDS)),
+        }
+        if self.bev is not None:
+            bc = self.bev.config
+            obs["bev"] = spaces.Box(0, 1, (len(BEV_CHANNELS), bc.height, bc.width), np.uint8)
+        self.observation_space = spaces.Dict(obs)
+        if self.config["action_type"] == "trajectory":
+            self.action_space = spaces.Box(-MAX_TRAJ_M, MAX_TRAJ_M, (N_WAYPOINTS, 3), np.float32)
+        else:
+            self.action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.world: World | None = None
+
+    # ------------------------------------------------------------------ gymnasium API
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        episode_seed = int(seed) if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
+        if self.world is not None:
+            self.world.close()
+        self.world = World(self.family.make(episode_seed))
+        self.state = self.world.reset()
+        self.expert = Expert(self.world)
+        self.tracker = InfractionTracker(self.world.net.road, dt=DT)
+        self.tracker.update(self.state)
+        self._text_rng = np.random.default_rng([episode_seed, 11])
+        self._turn: tuple[str, float | None] | None = None
+        self._instruction = ""
+        self.steps = 0
+        self._last_s = self.world.ego_s
+        return self._obs(), self._info(None)
+
+    def step(self, action):
+        if self.world is None:
+            raise RuntimeError("call reset() before step()")
+        accel, steer = self._controls(np.asarray(action, np.float32))
+        self.state = self.world.step(accel, steer)
+        self.steps += 1
+        inf = self.tracker.update(self.state)
+        w = self.world
+        terminated = bool(w.ego_s >= w.route.length - 5.0)
+        truncated = bool(self.state.t >= w.spec.duration_s - 1e-6) and not terminated
+        reward = float(w.ego_s - self._last_s)  # metres of route progress, minus penalties
+        self._last_s = w.ego_s
+        if inf.collisions or inf.offroad:
+            reward -= 10.0
+        return self._obs(), reward, terminated, truncated, self._info(inf)
+
+    def render(self):
+        return self.camera.render(self.state, self.world.net.road) if self.world is not None else None
+
+    def close(self):
+        if self.world is not None:
+            self.world.close()
+            self.world = None
+
+    # ------------------------------------------------------------------ helpers
+
+    def _controls(self, action: np.ndarray) -> tuple[float, float]:
+        if not np.isfinite(action).all():
+            raise ValueError(f"action contains NaN or inf: {action.tolist()}")
+        if action.shape != self.action_space.shape:
+            raise ValueError(f"action shape {action.shape} != expected {self.action_space.shape}")
+        if self.config["action_type"] == "control":
+            if np.abs(action).max() > 1.0 + 1e-6:
+                raise ValueError(f"control action must lie in [-1, 1], got {action.tolist()}")
+            lim = self.world.ego.limits
+            steer = float(action[0]) * lim.max_steer
+            accel = float(action[1]) * (lim.max_accel if action[1] >= 0 else lim.max_brake)
+            return accel, steer
+        if np.abs(action[:, :2]).max() > MAX_TRAJ_M:
+            raise ValueError(f"trajectory waypoints beyond {MAX_TRAJ_M} m: {action[:, :2].tolist()}")
+        return self.controller(action, float(self.state.ego[EGO_SPEED]))
+
+    def _obs(self) -> dict[str, Any]:
+        st: WorldState = self.state
+        road = self.world.net.road
+        obs = {
+            "camera": self.camera.render(st, road),
+            "ego": st.ego.astype(np.float32),
+            "instruction": self._current_instruction(),
+            "command": COMMANDS.index(st.command),
+        }
+        if self.bev is not None:
+            obs["bev"] = self.bev.render(st, road)
+        return obs
+
+    def _current_instruction(self) -> str:
+        """Re-phrase only when the next turn on the route changes, as a navigator would."""
+        r, w = self.world.route, self.world
+        ahead = [(ts, d) for ts, d in zip(r.turn_s, r.turn_dir, strict=True) if ts > w.ego_s]
+        turn = (ahead[0][1], float(ahead[0][0])) if ahead else ("follow", None)
+        if turn != self._turn:
+            self._turn = turn
+            dist = None if turn[1] is None else turn[1] - w.ego_s
+            self._instruction = instruction(
+                turn[0], self._text_rng, heldout=self.config["heldout_instructions"], distance_m=dist
+            )
+        return self._instruction
+
+    def _info(self, infractions) -> dict[str, Any]:
+        w = self.world
+        return {
+            "state": self.state,
+            "infractions": infractions,
+            "expert": self.expert.act(self.state),
+            "progress_m": float(w.ego_s - w.spec.ego_start_s),
+            "route_length_m": float(w.route.length),
+            "episode_seed": w.spec.seed,
+        }

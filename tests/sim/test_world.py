@@ -1,0 +1,113 @@
+"""The SUMO world: layouts build, routes join, scenarios reproduce, the ego obeys its limits."""
+
+import numpy as np
+import pytest
+
+from worlddrive.sim import network as nw
+from worlddrive.sim.route import build_route
+from worlddrive.sim.scenarios import FAMILIES, TRAIN_FAMILIES, make_family, make_spec
+from worlddrive.sim.state import CROSS, EGO_SPEED, EGO_STEER, WAIT
+from worlddrive.sim.vehicle import DT, KinematicBicycle, TrajectoryController
+from worlddrive.sim.world import World
+
+
+def test_heldout_family_is_a_real_city_never_used_for_training():
+    assert "heldout_city" in FAMILIES and "heldout_city" not in TRAIN_FAMILIES
+    net = make_family("heldout_city").network(0)
+    assert net.path == nw.HELDOUT_CITY_NET
+    assert len(net.lights) > 10 and len(net.road.crosswalks) > 0
+
+
+def test_signalised_layout_has_lights_crosswalks_and_sidewalks():
+    net = make_family("intersection_signal").network(0)
+    road = net.road
+    assert len(net.lights) >= 4 and len(road.crosswalks) >= 4 and len(road.sidewalks) > 0
+    assert road.stop_lines.shape[1:] == (2, 2)
+    # Light poles stand outside every car lane (on the kerb), never in the road.
+    for lg in net.lights:
+        d = min(np.min(np.linalg.norm(c - lg.pos, axis=1)) for c in road.lane_centers.values())
+        assert d > 1.5
+
+
+def test_stop_layout_has_stop_signs_on_its_lines():
+    fam = make_family("intersection_stop")
+    kinds = [fam.network(s).sign_kind.tolist() for s in range(4)]
+    assert any(0 in k for k in kinds)  # STOP_SIGN
+
+
+def test_route_turns_and_commands():
+    net = make_family("intersection_signal").network(0)
+    left = build_route(net, ["w_c", "c_n"])
+    right = build_route(net, ["w_c", "c_s"])
+    assert left.turn_dir == ["left"] and right.turn_dir == ["right"]
+    assert left.command_at(left.turn_s[0] - 30) == "left"
+    assert left.command_at(0.0) in ("follow", "left")
+    assert np.all(np.diff(left.s) > 0)
+    with pytest.raises(ValueError, match="not connected"):
+        build_route(net, ["w_c", "n_c"])
+
+
+def test_unknown_family_and_config_keys_are_named():
+    with pytest.raises(KeyError, match="unknown scenario family 'nope'"):
+        make_spec("nope", 0)
+    with pytest.raises(KeyError, match=r"unknown config keys.*'vehicle'"):
+        make_family("straight", {"vehicle": 3})
+    with pytest.raises(ValueError, match="seed must be >= 0"):
+        make_spec("straight", -1)
+
+
+def test_same_seed_same_world():
+    def run(seed):
+        w = World(make_spec("crosswalk", seed))
+        s = w.reset()
+        for _ in range(30):
+            s = w.step(0.5, 0.01)
+        return s
+
+    a, b, c = run(5), run(5), run(6)
+    np.testing.assert_array_equal(a.ego, b.ego)
+    np.testing.assert_array_equal(a.vehicles, b.vehicles)
+    np.testing.assert_array_equal(a.pedestrians, b.pedestrians)
+    assert a.vehicle_ids == b.vehicle_ids
+    assert len(c.vehicles) != len(a.vehicles) or not np.array_equal(c.vehicles, a.vehicles)
+
+
+def test_world_state_is_consistent():
+    w = World(make_spec("intersection_signal", 2))
+    s = w.reset()
+    for _ in range(20):
+        s = w.step(0.0, 0.0)
+    assert s.vehicles.shape[1] == 6 and len(s.vehicle_ids) == len(s.vehicles) == len(s.vehicle_kind)
+    assert s.pedestrians.shape[1] == 4 and len(s.pedestrian_intent) == len(s.pedestrians)
+    assert set(np.unique(s.pedestrian_intent)) <= {WAIT, CROSS}
+    assert len(s.light_state) == len(s.light_pos) > 0 and set(s.light_state.tolist()) <= {0, 1, 2}
+    assert np.isfinite(s.vehicles).all() and s.command in ("follow", "straight", "left", "right")
+    assert abs(s.t - 2.0) < 1e-6
+
+
+def test_bicycle_respects_limits_and_rejects_nan():
+    car = KinematicBicycle()
+    car.reset(0, 0, 0, 10.0)
+    s = car.step(-100.0, 5.0)
+    assert s[EGO_SPEED] == pytest.approx(10.0 - car.limits.max_brake * DT)
+    assert abs(s[EGO_STEER]) <= car.limits.max_steer_rate * DT + 1e-9
+    for _ in range(100):
+        s = car.step(-100.0, 0.0)
+    assert s[EGO_SPEED] == 0.0  # never reverses
+    with pytest.raises(ValueError, match="finite"):
+        car.step(float("nan"), 0.0)
+
+
+def test_trajectory_controller_tracks_speed_and_side():
+    ctl = TrajectoryController()
+    t = np.arange(1, 9)[:, None] * 0.5
+    straight = np.concatenate([10.0 * t, 0 * t, 0 * t], 1)
+    accel, steer = ctl(straight, speed=5.0)
+    assert accel > 0 and abs(steer) < 1e-6
+    left = straight.copy()
+    left[:, 1] = 0.3 * left[:, 0] ** 2 / 10
+    assert ctl(left, speed=10.0)[1] > 0
+    stop = np.zeros((8, 3))
+    assert ctl(stop, speed=8.0)[0] < 0
+    with pytest.raises(ValueError, match="NaN"):
+        ctl(np.full((8, 3), np.nan), speed=1.0)
