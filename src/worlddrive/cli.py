@@ -136,7 +136,7 @@ def cmd_drive(a: argparse.Namespace) -> int:
                 )
             )
 
-    res = run_episode(a.family, a.seed, ExpertDriver(), on_step=on_step)
+    res = run_episode(a.family, a.seed, ExpertDriver(plan=True), on_step=on_step)
     if res.error:
         print(res.error, file=sys.stderr)
         return 1

@@ -76,7 +76,7 @@ def record_episode(
     light_ahead: list[int] = []
     frames, rasters = [], []
     for k in range(steps + 1):
-        out = expert.act(state)
+        out = expert.act(state, plan=False)  # the stored trajectory is what the expert then really did
         if k % KEY_EVERY == 0:
             keys.append(state)
             facts.append(out.facts)

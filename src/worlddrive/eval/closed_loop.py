@@ -30,15 +30,18 @@ class Driver(Protocol):
 
 
 class ExpertDriver:
-    """The privileged expert as a driver."""
+    """The privileged expert as a driver; `plan=True` also rolls out its 4 s plan every step (for drawing)."""
 
     name = "expert"
+
+    def __init__(self, plan: bool = False):
+        self.plan = plan
 
     def reset(self, world: World) -> None:
         self.expert = Expert(world)
 
     def act(self, state: WorldState) -> ExpertOutput:
-        return self.expert.act(state)
+        return self.expert.act(state, plan=self.plan)
 
 
 @dataclass

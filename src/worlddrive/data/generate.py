@@ -1,0 +1,224 @@
+"""Drive expert episodes into shards, in parallel and resumably (DESIGN.md "Data", "Scaling out").
+
+The work is a pure function of the arguments: the episodes are (family, seed) for each family in order and seeds
+seed ... seed + episodes - 1, and shard i holds episodes[i*E : (i+1)*E]. A shard is the unit of work and of
+atomicity (format.py), so a rerun after a crash, even `kill -9`, skips the finished shards, redoes the rest and ends
+with the same files as an uninterrupted run; a finished shard that does not fit the plan is an error, never
+overwritten. Each worker process records one episode at a time, because libsumo holds one simulation per process.
+With a Ray address the same shard tasks go to a cluster; the output folder must then be one that every node sees.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from worlddrive.data.format import PARTIAL, SHARDS, open_shard, shard_paths, write_metadata, write_shard
+from worlddrive.data.record import EpisodeRecord, record_episode
+from worlddrive.sim.camera import BevConfig, CameraConfig
+from worlddrive.sim.scenarios import FAMILIES
+
+RecordFn = Callable[..., EpisodeRecord]  # (family, seed, camera=..., bev=...) -> EpisodeRecord
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a worker needs to write one shard; picklable for process pools and Ray."""
+
+    path: Path
+    episodes: tuple[tuple[str, int], ...]
+    camera: CameraConfig
+    bev: BevConfig
+    record_fn: RecordFn
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """Renderer settings as stored in shard attrs (JSON types, so a rerun compares equal)."""
+        return json.loads(json.dumps({"camera": asdict(self.camera), "bev": asdict(self.bev)}))
+
+
+def plan(families: list[str], episodes: int, seed: int, episodes_per_shard: int) -> list[tuple[tuple[str, int], ...]]:
+    """The episodes of each shard, in shard order."""
+    eps = [(f, s) for f in families for s in range(seed, seed + episodes)]
+    return [tuple(eps[i : i + episodes_per_shard]) for i in range(0, len(eps), episodes_per_shard)]
+
+
+def run_job(job: ShardJob) -> tuple[int, int]:
+    """Record and write one shard; returns (episodes, samples)."""
+    records = [job.record_fn(family, seed, camera=job.camera, bev=job.bev) for family, seed in job.episodes]
+    attrs = write_shard(job.path, records, job.config)
+    return len(records), sum(attrs["episode_samples"])
+
+
+def generate(
+    families: list[str],
+    episodes: int,
+    seed: int,
+    out: Path,
+    workers: int = 1,
+    ray_address: str | None = None,
+    episodes_per_shard: int = 4,
+    progress: bool = True,
+    camera: CameraConfig | None = None,
+    bev: BevConfig | None = None,
+    record_fn: RecordFn = record_episode,
+) -> dict[str, Any]:
+    """Generate `episodes` episodes per family into `out`, or finish an interrupted run; returns info.json's dict.
+
+    `record_fn` stands in for `record_episode` in tests; it must be importable by the worker processes.
+    """
+    _check_args(families, episodes, workers, episodes_per_shard)
+    out = Path(out)
+    _check_writable(out)
+    camera, bev = camera or CameraConfig(), bev or BevConfig()
+    jobs = [
+        ShardJob(out / SHARDS / f"shard_{i:05d}.zarr", eps, camera, bev, record_fn)
+        for i, eps in enumerate(plan(families, episodes, seed, episodes_per_shard))
+    ]
+    todo = _pending(out, jobs)
+    _run_with_progress(todo, sum(len(j.episodes) for j in jobs), workers, ray_address, progress)
+    generator = {
+        "families": list(families),
+        "episodes": episodes,
+        "seed": seed,
+        "episodes_per_shard": episodes_per_shard,
+        **jobs[0].config,
+    }
+    return write_metadata(out, generator)
+
+
+def _check_args(families: list[str], episodes: int, workers: int, episodes_per_shard: int) -> None:
+    if not families:
+        raise ValueError("no scenario families given")
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown scenario families {unknown}; known: {', '.join(FAMILIES)}")
+    if len(set(families)) != len(families):
+        raise ValueError(f"scenario families repeat: {families}")
+    for name, value in (("episodes", episodes), ("workers", workers), ("episodes_per_shard", episodes_per_shard)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work if `out` cannot hold shards: a file in the way, no permission, a read-only disk."""
+    try:
+        (out / SHARDS).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out / SHARDS):
+            pass
+    except OSError as e:
+        raise PermissionError(f"output folder {out} is not writable: {e}") from e
+
+
+def _pending(out: Path, jobs: list[ShardJob]) -> list[ShardJob]:
+    """Jobs still to run. Deletes leftover partial shards; raises if a finished shard does not fit the plan."""
+    by_name = {j.path.name: j for j in jobs}
+    for path in shard_paths(out):
+        job = by_name.get(path.name)
+        try:
+            attrs = dict(open_shard(path).attrs)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"finished shard {path} is unreadable ({e}); delete it to regenerate it") from e
+        planned = None if job is None else ([list(e) for e in job.episodes], job.config)
+        if (attrs.get("episodes"), attrs.get("config")) != planned:
+            why = (
+                "this run plans no such shard"
+                if planned is None
+                else f"this run plans episodes {planned[0]} there"
+                if attrs.get("episodes") != planned[0]
+                else "it was made with other camera/BEV settings"
+            )
+            raise ValueError(
+                f"finished shard {path} holds episodes {attrs.get('episodes')}, but {why}; "
+                "use another output folder, or the arguments that made it"
+            )
+    for partial in (out / SHARDS).glob("*" + PARTIAL):
+        shutil.rmtree(partial)  # a killed writer's; its shard is redone below
+    return [j for j in jobs if not j.path.exists()]
+
+
+def _run_with_progress(todo: list[ShardJob], total: int, workers: int, ray_address: str | None, progress: bool) -> None:
+    """Run the jobs; a bar shows episodes done (finished shards included) and the samples/s of this run."""
+    columns = (
+        TextColumn("generate"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("episodes"),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("generate", total=total, completed=total - sum(len(j.episodes) for j in todo), rate="")
+        start, samples = time.perf_counter(), 0
+
+        def done(result: tuple[int, int]) -> None:
+            nonlocal samples
+            samples += result[1]
+            bar.update(task, advance=result[0], rate=f"{samples / (time.perf_counter() - start):.0f} samples/s")
+
+        if ray_address is not None:
+            _run_ray(todo, ray_address, done)
+        else:
+            _run_local(todo, workers, done)
+
+
+def _run_local(jobs: list[ShardJob], workers: int, done: Callable[[tuple[int, int]], None]) -> None:
+    if workers == 1 or len(jobs) <= 1:
+        for job in jobs:
+            done(run_job(job))
+        return
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no SUMO or zarr state copied by fork
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)), mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
+    ) as pool:
+        futures = [pool.submit(run_job, job) for job in jobs]
+        try:
+            for future in as_completed(futures):
+                done(future.result())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # shards in flight still finish; queued ones do not start
+            raise
+
+
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: have Linux kill this worker when the parent dies, so a killed run leaves no writer behind."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _run_ray(jobs: list[ShardJob], address: str, done: Callable[[tuple[int, int]], None]) -> None:
+    """The same jobs as Ray tasks of one CPU each; joins a running Ray if there is one, else starts/connects."""
+    import ray  # imported here: slow to import and only needed for clusters
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address)
+    task = ray.remote(num_cpus=1)(run_job)
+    pending = [task.remote(job) for job in jobs]
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            done(ray.get(ready[0]))
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+        if started:
+            ray.shutdown()
