@@ -184,7 +184,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             fh.flush()
             bar.advance(task)
     rows = family_table(results)
-    _print_table(Console(), rows, f"expert Drive Score, seeds {seeds[0]}–{seeds[-1]}")
+    _print_table(Console(width=160), rows, f"expert Drive Score, seeds {seeds[0]}–{seeds[-1]}")
     _atomic_json(out / "summary.json", {"policy": a.policy, "seeds": [seeds[0], seeds[-1]], "families": rows})
     for r in results:
         if r.error or (r.score and r.score.ds < 0.5):

@@ -129,12 +129,22 @@ def test_rear_ending_a_slower_car_is_one_at_fault_collision():
     assert result.ds == 0.0
 
 
-@pytest.mark.parametrize(("ego_speed", "other_speed", "nc"), [(0.0, 5.0, 1.0), (10.0, 15.0, 0.0)])
-def test_rear_ended_is_not_at_fault_only_when_slow(ego_speed: float, other_speed: float, nc: float):
+@pytest.mark.parametrize(("ego_speed", "other_speed", "nc"), [(0.0, 5.0, 1.0), (10.0, 15.0, 1.0)])
+def test_being_rear_ended_is_not_at_fault(ego_speed: float, other_speed: float, nc: float):
     def follower(t: float) -> list[tuple[float, ...]]:
         return [(-15 + other_speed * t, LANE_Y, 0, other_speed, 4.5, 1.8)]
 
     result = score(drive([ego_speed] * 40, 0.0, vehicles=follower))
+    assert result.collisions_at_fault + result.collisions_not_at_fault == 1
+    assert result.nc == nc
+
+
+@pytest.mark.parametrize(("ego_speed", "nc"), [(0.0, 1.0), (3.0, 0.0)])
+def test_side_impact_is_at_fault_unless_the_ego_stands(ego_speed: float, nc: float):
+    def crosser(t: float) -> list[tuple[float, ...]]:  # drives across the ego's lane from the right, into its side
+        return [(2.0 + ego_speed * 0.5, -12 + 8 * t, np.pi / 2, 8.0, 4.5, 1.8)]
+
+    result = score(drive([ego_speed] * 30, 0.0, vehicles=crosser))
     assert result.collisions_at_fault + result.collisions_not_at_fault == 1
     assert result.nc == nc
 

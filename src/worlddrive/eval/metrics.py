@@ -4,9 +4,10 @@
 
 `InfractionTracker.update` turns each `WorldState` into per-step flags; `summary` folds an episode into a `DriveScore`.
 Simplifications against NAVSIM, chosen so every rule is checkable on a hand-made state:
-- NC fault rule: a collision is not the ego's fault only when a faster vehicle coming from behind touches the rear
-  quarter of a slow ego (<= 2 m/s); every other vehicle collision is at fault, pedestrians always, PARKED cars are
-  "static" (NC = 0.5). A contact that lasts several steps is one event.
+- NC fault rule (after nuPlan / NAVSIM): a collision with a vehicle is not the ego's fault when the ego stands still
+  (< 0.05 m/s) or when a faster vehicle coming from behind touches the rear quarter of the ego; every
+  other vehicle collision is at fault (nuPlan also excuses some lateral contacts; we do not), pedestrians always,
+  PARKED cars are "static" (NC = 0.5). A contact that lasts several steps is one event.
 - DAC: every ego corner must lie in the drivable union, rasterised once per map at 0.2 m (the grid is the tolerance).
 - TLC / stop signs: the ego's front-centre motion between two steps must cross the stop line in the traffic direction
   of its light / sign (the lamp and plate face approaching traffic); yellow is allowed.
@@ -46,7 +47,7 @@ STATIC, AT_FAULT, NOT_AT_FAULT = "static", "at_fault", "not_at_fault"
 
 PED_SIZE = 0.5  # m, pedestrians are square boxes
 STOPPED_SPEED = 0.5  # m/s, below this the ego has stopped (stop signs, crosswalks, TTC)
-SLOW_SPEED = 2.0  # m/s, a rear-ended ego at most this fast is not at fault
+STOPPED_EGO_SPEED = 0.05  # m/s, a standing ego hit by a vehicle is not at fault (nuPlan / NAVSIM)
 STOP_SIGN_REACH = 5.0  # m before the line where a stop counts
 CROSSWALK_LATERAL = 4.0  # m from the ego centreline within which a pedestrian on the crosswalk must be yielded to
 BUMPER_GAP, BUMPER_SPEED = 1.5, 1.0  # m ahead of the bumper, m/s
@@ -233,7 +234,8 @@ class InfractionTracker:
             elif state.vehicle_kind[a] == PARKED:
                 kind = STATIC
             else:
-                kind = NOT_AT_FAULT if _rear_ended(ego, state.ego_size, state.vehicles[a]) else AT_FAULT
+                stopped = ego[EGO_SPEED] < STOPPED_EGO_SPEED  # nuPlan's STOPPED_EGO_COLLISION
+                kind = NOT_AT_FAULT if stopped or _rear_ended(ego, state.ego_size, state.vehicles[a]) else AT_FAULT
             events.append(Collision(key[1], kind))
         self._contacts = contacts
         return events
@@ -313,11 +315,12 @@ def _ran_red_light(state: WorldState, prev_front: np.ndarray, front: np.ndarray)
 
 
 def _rear_ended(ego: np.ndarray, ego_size: tuple[float, float], other: np.ndarray) -> bool:
-    """A slow ego touched in its rear quarter by a vehicle from behind that closes in faster is not at fault."""
+    """An ego touched in its rear quarter by a vehicle from behind that closes in faster is not at fault, at any
+    speed (nuPlan's ACTIVE_REAR_COLLISION)."""
     x, _ = to_ego_frame(other[:2].astype(np.float64), ego)
     closing_speed = other[3] * np.cos(other[2] - ego[EGO_YAW])  # other's speed along the ego heading
     # x < -L/4: the ego-box point nearest the other's centre lies in the rear quarter of the ego
-    return bool(ego[EGO_SPEED] <= SLOW_SPEED and x < -ego_size[0] / 4 and closing_speed > ego[EGO_SPEED])
+    return bool(x < -ego_size[0] / 4 and closing_speed > ego[EGO_SPEED])
 
 
 def _cross2(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -35,6 +35,8 @@ A_MAX, B_COMF, HEADWAY, DELTA = 2.0, 2.5, 1.2, 4
 MAX_LAT_ACC = 2.2  # m/s^2 in curves: comfortable and inside NAVSIM's comfort bounds
 JERK = 6.0  # m/s^3 limit on planned acceleration changes (NAVSIM bound: 8.37)
 STOP_WAIT_S = 1.0  # full stop at a stop sign before going on
+START_ACCEL = 2.0  # m/s^2 assumed for a slow car that is pulling away
+WAIT_BREAK_S = 4.0  # s at a standstill after which standing cross traffic is assumed to wait for us
 STOP_DECEL = 1.6  # m/s^2: start a constant-deceleration stop when this much is needed
 
 
@@ -85,6 +87,7 @@ class Expert:
         self.accel = 0.0
         self.stopped_at: dict[int, float] = {}  # stop sign index -> time the ego came to rest there
         self.committed_yellow: set[int] = set()
+        self.waiting_since = 0.0  # when the ego last came to a standstill
 
     # ------------------------------------------------------------------ precomputed along the route
 
@@ -113,6 +116,8 @@ class Expert:
         w = self.world
         v = float(state.ego[EGO_SPEED])
         front = w.ego_s + self.limits.length / 2
+        if v > 0.3:
+            self.waiting_since = state.t
         obstacles, facts = self._obstacles(state, front, v)
         accel = self._idm(v, float(self.curve_speed[w.ego_index]), obstacles, front)
         max_delta = JERK * 0.1 if accel > -4.5 else 1.0  # emergencies may exceed the comfort jerk
@@ -264,16 +269,23 @@ class Expert:
                     "speed": round(speed, 1),
                     "state": "stopped" if speed < 0.5 else ("slower" if speed < v - 1.0 else "moving"),
                 }
-        # Constant-velocity futures of vehicles outside the corridor that enter it ahead of us.
-        moving = np.nonzero(~corridor & (veh[:, 3] > 0.5) & (state.vehicle_kind != PARKED))[0]
+        # Futures of vehicles outside the corridor that enter it ahead of us: constant velocity, except that a car
+        # pulling away (below 8 m/s) is assumed to keep accelerating at START_ACCEL, as one leaving a stop line does.
+        # Near a junction without a green light, even a standing car may start across our path, unless we have been
+        # waiting for WAIT_BREAK_S already (then it is waiting for us, and someone has to go).
+        may_start = (
+            (not priority)
+            & (state.t - self.waiting_since < WAIT_BREAK_S)
+            & (np.hypot(*(veh[:, :2] - state.ego[:2]).T) < 25)
+        )  # (N,)
+        moving = np.nonzero(~corridor & ((veh[:, 3] > 0.3) | may_start) & (state.vehicle_kind != PARKED))[0]
         if len(moving):
             t = np.arange(1, 9) * 0.5  # (8,)
-            fut = (
-                veh[moving, None, :2]
-                + t[None, :, None]
-                * veh[moving, None, 3:4]
-                * np.stack([np.cos(veh[moving, 2]), np.sin(veh[moving, 2])], -1)[:, None, :]
-            )  # (M, 8, 2)
+            speed = veh[moving, 3:4]  # (M, 1)
+            accel = np.where(speed < 8.0, START_ACCEL, 0.0)
+            dist = speed * t[None] + 0.5 * accel * t[None] ** 2  # (M, 8)
+            heading = np.stack([np.cos(veh[moving, 2]), np.sin(veh[moving, 2])], -1)  # (M, 2)
+            fut = veh[moving, None, :2] + dist[..., None] * heading[:, None, :]  # (M, 8, 2)
             fs, flat, _ = self._project(fut.reshape(-1, 2))
             fs, flat = fs.reshape(len(moving), 8), flat.reshape(len(moving), 8)
             inside = (np.abs(flat) < half_w + veh[moving, 5:6] / 2 + 0.5) & (fs > front - 2) & (fs - front < 60)
@@ -285,7 +297,7 @@ class Expert:
                 t_other = float(t[h])
                 conflict_s = float(fs[m, h]) - veh[n, 5] / 2 - 1.5
                 t_ego = (conflict_s - front) / max(v, 2.0)
-                d_other = t_other * veh[n, 3]
+                d_other = float(dist[m, h])
                 must_yield = (not priority or d_other < veh[n, 3] ** 2 / (2 * 3.0) + 3.0) and t_other < t_ego + 1.5
                 cut_in = abs(_wrap(veh[n, 2] - path_yaw[n])) < 0.5
                 if must_yield or cut_in:

@@ -287,7 +287,7 @@ class World:
         fx, fy = s[EGO_X] + half * np.cos(s[EGO_YAW]), s[EGO_Y] + half * np.sin(s[EGO_YAW])
         angle = 90.0 - np.degrees(s[EGO_YAW])
         try:
-            libsumo.vehicle.moveToXY("ego", "", -1, float(fx), float(fy), float(angle), 2)
+            libsumo.vehicle.moveToXY("ego", "", -1, float(fx), float(fy), float(angle), 1)
             libsumo.vehicle.setPreviousSpeed("ego", float(s[EGO_SPEED]))
         except libsumo.TraCIException:
             pass  # the ego left every road SUMO knows; it stays where SUMO last had it for the others
