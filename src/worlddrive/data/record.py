@@ -16,7 +16,7 @@ from worlddrive.data.annotate import SceneFacts, instruction, reasoning
 from worlddrive.sim.camera import BevConfig, BevRenderer, CameraConfig, FrontCamera
 from worlddrive.sim.expert import Expert
 from worlddrive.sim.scenarios import make_family
-from worlddrive.sim.state import EGO_YAW, WorldState, to_ego_frame
+from worlddrive.sim.state import EGO_YAW, WorldState, to_ego_frame, wrap_angle
 from worlddrive.sim.vehicle import DT
 from worlddrive.sim.world import World
 
@@ -108,7 +108,7 @@ def _agents(state: WorldState, ref: np.ndarray) -> np.ndarray:
     rows[len(veh) :, 4:6] = 0.5
     rows[len(veh) :, 6] = PED_KIND
     rows[:, :2] = to_ego_frame(rows[:, :2], ref)
-    rows[:, 2] = _wrap(rows[:, 2] - ref[EGO_YAW])
+    rows[:, 2] = wrap_angle(rows[:, 2] - ref[EGO_YAW])
     order = np.argsort(np.hypot(rows[:, 0], rows[:, 1]))[:MAX_AGENTS]
     return rows[order]
 
@@ -127,17 +127,17 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
         ref = keys[i].ego
         for f in range(1, FUTURE + 1):
             e = keys[i + f].ego
-            traj[row, f - 1] = (*to_ego_frame(e[:2], ref), _wrap(e[EGO_YAW] - ref[EGO_YAW]))
+            traj[row, f - 1] = (*to_ego_frame(e[:2], ref), wrap_angle(e[EGO_YAW] - ref[EGO_YAW]))
         for p in range(1, PAST + 1):
             e = keys[i - p].ego
-            past[row, p - 1] = (*to_ego_frame(e[:2], ref), _wrap(e[EGO_YAW] - ref[EGO_YAW]))
+            past[row, p - 1] = (*to_ego_frame(e[:2], ref), wrap_angle(e[EGO_YAW] - ref[EGO_YAW]))
         for f in range(FUTURE + 1):
             a = _agents(keys[i + f], ref)
             agents[row, f, : len(a)] = a
             mask[row, f, : len(a)] = True
             lights[row, f] = light_ahead[i + f]
         sf = SceneFacts.from_dict(facts[i])
-        route_cmd, dist = _next_turn(world, keys[i])
+        route_cmd, dist = world.route.next_turn(world.route.project(keys[i].ego[:2])[1])
         texts_i.append(instruction(route_cmd, rng, distance_m=dist))
         texts_r.append(reasoning(sf, rng))
         texts_f.append(json.dumps(sf.to_dict()))
@@ -161,17 +161,3 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
         reasoning=texts_r,
         facts=texts_f,
     )
-
-
-def _next_turn(world: World, state: WorldState) -> tuple[str, float | None]:
-    """The route's next junction turn (however far) and its distance, for the instruction."""
-    r = world.route
-    _i, s, _ = r.project(state.ego[:2])
-    ahead = [(ts, d) for ts, d in zip(r.turn_s, r.turn_dir, strict=True) if ts > s]
-    if not ahead:
-        return "follow", None
-    return ahead[0][1], float(ahead[0][0] - s)
-
-
-def _wrap(a):
-    return (a + np.pi) % (2 * np.pi) - np.pi

@@ -152,14 +152,13 @@ class DriveEnv(gym.Env):
 
     def _current_instruction(self) -> str:
         """Re-phrase only when the next turn on the route changes, as a navigator would."""
-        r, w = self.world.route, self.world
-        ahead = [(ts, d) for ts, d in zip(r.turn_s, r.turn_dir, strict=True) if ts > w.ego_s]
-        turn = (ahead[0][1], float(ahead[0][0])) if ahead else ("follow", None)
-        if turn != self._turn:
-            self._turn = turn
-            dist = None if turn[1] is None else turn[1] - w.ego_s
+        w = self.world
+        turn, dist = w.route.next_turn(w.ego_s)
+        key = (turn, None if dist is None else round(w.ego_s + dist, 1))  # the junction, not the distance to it
+        if key != self._turn:
+            self._turn = key
             self._instruction = instruction(
-                turn[0], self._text_rng, heldout=self.config["heldout_instructions"], distance_m=dist
+                turn, self._text_rng, heldout=self.config["heldout_instructions"], distance_m=dist
             )
         return self._instruction
 

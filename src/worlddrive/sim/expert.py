@@ -27,6 +27,7 @@ from worlddrive.sim.state import (
     box_corners,
     to_ego_frame,
     value_eq,
+    wrap_angle,
 )
 from worlddrive.sim.vehicle import N_WAYPOINTS, WAYPOINT_DT, BicycleLimits, pure_pursuit
 from worlddrive.sim.world import World
@@ -174,7 +175,7 @@ class Expert:
             if (k + 1) % steps == 0:
                 i = min(int(np.searchsorted(self.route.s, s)), len(self.route.s) - 1)
                 out[(k + 1) // steps - 1] = (*to_ego_frame(self.route.xy[i], state.ego), self.route.yaw[i])
-        out[:, 2] = _wrap(out[:, 2] - state.ego[EGO_YAW])
+        out[:, 2] = wrap_angle(out[:, 2] - state.ego[EGO_YAW])
         return out
 
     # ------------------------------------------------------------------ perception with privileges
@@ -299,7 +300,7 @@ class Expert:
                 t_ego = (conflict_s - front) / max(v, 2.0)
                 d_other = float(dist[m, h])
                 must_yield = (not priority or d_other < veh[n, 3] ** 2 / (2 * 3.0) + 3.0) and t_other < t_ego + 1.5
-                cut_in = abs(_wrap(veh[n, 2] - path_yaw[n])) < 0.5
+                cut_in = abs(wrap_angle(veh[n, 2] - path_yaw[n])) < 0.5
                 if must_yield or cut_in:
                     speed = float(max(veh[n, 3] * np.cos(veh[n, 2] - path_yaw[n]), 0.0)) if cut_in else 0.0
                     out.append(Obstacle(conflict_s, speed, 1.5, "crossing_vehicle", int(n)))
@@ -382,7 +383,3 @@ def _lateral_action(command: str, lateral: float, route: RoutePath, i: int) -> s
         side = np.cos(d) * (b - a)[1] - np.sin(d) * (b - a)[0]
         return "change_left" if side > 0 else "change_right"
     return {"left": "turn_left", "right": "turn_right", "straight": "straight"}.get(command, "follow_lane")
-
-
-def _wrap(a):
-    return (a + np.pi) % (2 * np.pi) - np.pi

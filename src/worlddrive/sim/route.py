@@ -43,8 +43,15 @@ class RoutePath:
 
     def command_at(self, s: float, horizon: float = 60.0) -> str:
         """The navigation command: the next junction's turn within `horizon` metres, else keep following the road."""
-        ahead = [(ts, d) for ts, d in zip(self.turn_s, self.turn_dir, strict=True) if ts > s - 5 and ts - s < horizon]
-        return ahead[0][1] if ahead else "follow"
+        turn, dist = self.next_turn(s - 5.0)
+        return turn if dist is not None and dist - 5.0 < horizon else "follow"
+
+    def next_turn(self, s: float) -> tuple[str, float | None]:
+        """The next junction's turn after arc length s and its distance, however far ("follow", None if none)."""
+        ahead = np.nonzero(self.turn_s > s)[0]
+        if not len(ahead):
+            return "follow", None
+        return self.turn_dir[ahead[0]], float(self.turn_s[ahead[0]] - s)
 
 
 _DIRS = {"s": "straight", "l": "left", "L": "left", "r": "right", "R": "right", "t": "left"}

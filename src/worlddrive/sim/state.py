@@ -96,6 +96,11 @@ class WorldState:
         return self.ego[EGO_X : EGO_Y + 1]
 
 
+def wrap_angle(a):
+    """Angle(s) in radians wrapped to [-pi, pi)."""
+    return (a + np.pi) % (2 * np.pi) - np.pi
+
+
 def empty(cols: int) -> np.ndarray:
     return np.zeros((0, cols), np.float32)
 

@@ -26,6 +26,7 @@ from worlddrive.sim.state import (
     YELLOW,
     RoadMap,
     WorldState,
+    wrap_angle,
 )
 
 LANE_W = 3.5
@@ -222,7 +223,7 @@ def synthetic_scene(seed: int = 0) -> tuple[RoadMap, WorldState]:
     ego = np.array([HALF_ROAD - LANE_W / 2, -40.0, np.pi / 2, 6.0, -1.5, 0.0, 0.0], np.float32)
     veh = np.array(_place_vehicles(rng, b, ego, 20), np.float32)
     ped = np.array(_place_pedestrians(rng, arms, 10), np.float32)
-    ped[:, 2] = (ped[:, 2] + np.pi) % (2 * np.pi) - np.pi
+    ped[:, 2] = wrap_angle(ped[:, 2])
     route = np.concatenate([ego[None, :2], b.lanes["S_in_1"][b.lanes["S_in_1"][:, 1] > ego[1]], b.lanes["N_out_1"]])
     state = WorldState(
         t=0.0,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worlddrive.sim.state import EGO_ACCEL, EGO_SPEED, EGO_STEER, EGO_X, EGO_Y, EGO_YAW, EGO_YAW_RATE
+from worlddrive.sim.state import EGO_ACCEL, EGO_SPEED, EGO_STEER, EGO_X, EGO_Y, EGO_YAW, EGO_YAW_RATE, wrap_angle
 
 DT = 0.1  # simulation step, s
 WAYPOINT_DT = 0.5  # spacing of trajectory waypoints, s
@@ -53,7 +53,7 @@ class KinematicBicycle:
         mid = s[EGO_YAW] + 0.5 * yaw_rate * dt
         s[EGO_X] += v * np.cos(mid) * dt
         s[EGO_Y] += v * np.sin(mid) * dt
-        s[EGO_YAW] = (yaw + np.pi) % (2 * np.pi) - np.pi
+        s[EGO_YAW] = wrap_angle(yaw)
         s[EGO_SPEED] = v1
         s[EGO_ACCEL] = (v1 - v0) / dt
         s[EGO_STEER] = steer

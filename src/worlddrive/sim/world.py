@@ -30,6 +30,7 @@ from worlddrive.sim.state import (
     YELLOW,
     WorldState,
     empty,
+    wrap_angle,
 )
 from worlddrive.sim.vehicle import DT, BicycleLimits, KinematicBicycle
 
@@ -95,7 +96,7 @@ class ScriptedPedestrian:
             target_yaw = (
                 self._segment_yaw(self.curb_index) if self.intent == CROSS else self._segment_yaw(0) + np.pi / 2
             )
-            self.yaw += float(np.clip(_wrap(target_yaw - self.yaw), -1.5 * dt, 1.5 * dt))
+            self.yaw += float(np.clip(wrap_angle(target_yaw - self.yaw), -1.5 * dt, 1.5 * dt))
             self.vel = 0.0
             if self.intent == CROSS and ego_s >= self.cross_at_s - self.trigger_s:
                 self.phase = "cross"
@@ -470,7 +471,3 @@ class World:
             speed_limit=float(self.route.speed_limit[self.ego_index]),
             command=self.route.command_at(self.ego_s),
         )
-
-
-def _wrap(a: float) -> float:
-    return (a + np.pi) % (2 * np.pi) - np.pi
