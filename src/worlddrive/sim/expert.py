@@ -36,6 +36,7 @@ A_MAX, B_COMF, HEADWAY, DELTA = 2.0, 2.5, 1.2, 4
 MAX_LAT_ACC = 2.2  # m/s^2 in curves: comfortable and inside NAVSIM's comfort bounds
 JERK = 6.0  # m/s^3 limit on planned acceleration changes (NAVSIM bound: 8.37)
 STOP_WAIT_S = 1.0  # full stop at a stop sign before going on
+PROJECT_STRIDE = 8  # coarse step of the nearest-point search along the route window
 START_ACCEL = 2.0  # m/s^2 assumed for a slow car that is pulling away
 WAIT_BREAK_S = 4.0  # s at a standstill after which standing cross traffic is assumed to wait for us
 STOP_DECEL = 1.6  # m/s^2: start a constant-deceleration stop when this much is needed
@@ -238,10 +239,18 @@ class Expert:
         return self.route.xy[sl], self.route.s[sl], self.route.yaw[sl]
 
     def _project(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Arc length, signed lateral offset and path heading of points (N, 2) near the path ahead."""
+        """Arc length, signed lateral offset and path heading of points (N, 2) near the path ahead.
+
+        Coarse to fine: the nearest of every 8th window point first, then its neighbours; it runs several times per
+        simulation step for every agent, so it is the expert's hot spot."""
         xy, s, yaw = self._window()
-        d = pts[:, None, :] - xy[None]  # (N, W, 2)
-        k = np.argmin((d * d).sum(-1), axis=1)  # (N,)
+        w = len(xy)
+        coarse = np.arange(0, w, PROJECT_STRIDE)  # (Wc,)
+        d = pts[:, None, :] - xy[None, coarse]  # (N, Wc, 2)
+        k0 = coarse[np.argmin(np.einsum("nwc,nwc->nw", d, d), axis=1)]  # (N,)
+        near = np.clip(k0[:, None] + np.arange(-PROJECT_STRIDE, PROJECT_STRIDE + 1), 0, w - 1)  # (N, 2S+1)
+        d = pts[:, None, :] - xy[near]  # (N, 2S+1, 2)
+        k = near[np.arange(len(pts)), np.argmin(np.einsum("nwc,nwc->nw", d, d), axis=1)]  # (N,)
         rel = pts - xy[k]
         c, sn = np.cos(yaw[k]), np.sin(yaw[k])
         return s[k] + rel[:, 0] * c + rel[:, 1] * sn, c * rel[:, 1] - sn * rel[:, 0], yaw[k]
@@ -321,11 +330,13 @@ class Expert:
         t = np.arange(1, 7) * 0.5  # 3 s of constant velocity
         heading = np.stack([np.cos(peds[:, 2]), np.sin(peds[:, 2])], -1)  # (M, 2)
         rel_list = []
-        for n in np.nonzero(near & (np.abs(lat) < 12))[0]:
-            fut = peds[n, :2] + t[:, None] * max(float(peds[n, 3]), 0.0) * heading[n]
-            _, flat, _ = self._project(fut)
+        idx = np.nonzero(near & (np.abs(lat) < 12))[0]
+        # Where each candidate walks in the next 3 s, projected in one call.
+        fut = peds[idx, None, :2] + t[None, :, None] * np.maximum(peds[idx, 3], 0)[:, None, None] * heading[idx, None]
+        _, flat, _ = self._project(fut.reshape(-1, 2)) if len(idx) else (None, np.zeros(0), None)
+        entering_all = np.any(np.abs(flat.reshape(len(idx), len(t))) < half_w + 0.8, axis=1)  # (K,)
+        for n, entering in zip(idx, entering_all, strict=True):
             in_path = abs(lat[n]) < half_w + 1.0
-            entering = bool(np.any(np.abs(flat) < half_w + 0.8))
             toward = -np.sign(lat[n]) * (np.cos(path_yaw[n]) * heading[n, 1] - np.sin(path_yaw[n]) * heading[n, 0])
             slow = peds[n, 3] < 0.7  # lingering at the curb
             about_to = (
