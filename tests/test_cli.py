@@ -1,0 +1,78 @@
+"""The `worlddrive` commands as a user runs them: outputs appear, RESULT lines print, bad input is named."""
+
+import json
+
+import imageio.v3 as iio
+import pytest
+
+from worlddrive.cli import main
+
+
+def result_line(out: str) -> dict[str, str]:
+    last = out.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), last
+    return dict(kv.split("=") for kv in last.split()[1:])
+
+
+def test_generate_validate_show(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["generate", "--families", "crosswalk", "--episodes", "1", "--seed", "0", "--out", str(data)]) == 0
+    res = result_line(capsys.readouterr().out)
+    assert int(res["episodes"]) == 1 and int(res["samples"]) > 10
+    assert main(["dataset", "validate", str(data)]) == 0
+    assert result_line(capsys.readouterr().out)["ok"] == "1"
+    sheet = tmp_path / "sheet.png"
+    assert main(["dataset", "show", str(data), "--out", str(sheet), "-n", "4"]) == 0
+    assert sheet.stat().st_size > 10_000
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["generate", "--families", "moon", "--episodes", "1", "--out", "X"], "unknown family moon"),
+        (["generate", "--families", "crosswalk", "--episodes", "0", "--out", "X"], "--episodes must be positive"),
+        (["eval", "--families", "crosswalk", "--episodes", "0", "--out", "X"], "--episodes must be positive"),
+        (["eval", "--policy", "nope", "--out", "X"], "--policy 'nope' is not available"),
+        (["eval", "--seeds", "9-3", "--out", "X"], "empty or negative"),
+        (["drive", "--family", "moon"], "unknown family moon"),
+    ],
+)
+def test_bad_arguments_are_named(argv, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=message):
+        main(argv)
+
+
+def test_unwritable_output_folder_is_named(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match="not writable"):
+        main(["eval", "--families", "crosswalk", "--seeds", "1000000-1000000", "--out", str(blocker / "eval")])
+
+
+def test_drive_writes_gif_and_scores(tmp_path, capsys):
+    gif = tmp_path / "drive.gif"
+    assert main(["drive", "--family", "crosswalk", "--seed", "1", "--out", str(gif), "--every", "5"]) == 0
+    res = result_line(capsys.readouterr().out)
+    assert 0.0 <= float(res["ds"]) <= 1.0 and float(res["progress_m"]) > 20
+    frames = iio.imread(gif, index=None)
+    assert frames.ndim == 4 and frames.shape[0] > 10 and frames.shape[-1] == 3
+
+
+def test_eval_expert_table_and_records(tmp_path, capsys):
+    out = tmp_path / "eval"
+    seeds = "1000000-1000001"
+    assert main(["eval", "--families", "crosswalk,cut_in", "--seeds", seeds, "--workers", "1", "--out", str(out)]) == 0
+    res = result_line(capsys.readouterr().out)
+    assert int(res["episodes"]) == 4 and res["errors"] == "0"
+    rows = json.loads((out / "summary.json").read_text())["families"]
+    assert [r["family"] for r in rows] == ["crosswalk", "cut_in"]
+    assert abs(float(res["ds"]) - sum(r["ds"] for r in rows) / 2) < 1e-3
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 4
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "--episodes", "1", "--eval-episodes", "1", "--workers", "2"]) == 0
+    for name in ("drive.gif", "contact_sheet.png", "eval/summary.json", "data/info.json"):
+        assert (tmp_path / name).exists(), name
