@@ -111,3 +111,16 @@ def test_trajectory_controller_tracks_speed_and_side():
     assert ctl(stop, speed=8.0)[0] < 0
     with pytest.raises(ValueError, match="NaN"):
         ctl(np.full((8, 3), np.nan), speed=1.0)
+
+
+def test_a_replaced_world_refuses_to_step():
+    first = World(make_spec("straight", 0))
+    first.reset()
+    second = World(make_spec("straight", 1))
+    second.reset()
+    second.step(0.0, 0.0)
+    with pytest.raises(RuntimeError, match="one simulation per process"):
+        first.step(0.0, 0.0)
+    second.close()
+    with pytest.raises(RuntimeError, match="one simulation per process"):
+        second.step(0.0, 0.0)

@@ -47,10 +47,6 @@ class RoadMap:
     lane_speed: dict[str, float] = field(default_factory=dict)  # lane id -> speed limit, m/s
     name: str = ""
 
-    def bounds(self) -> tuple[float, float, float, float]:
-        pts = np.concatenate([p for p in self.drivable] + [p for p in self.sidewalks])
-        return float(pts[:, 0].min()), float(pts[:, 1].min()), float(pts[:, 0].max()), float(pts[:, 1].max())
-
 
 def value_eq(a: object, b: object) -> bool:
     """Field-by-field equality that compares NumPy arrays by value (dataclass `==` cannot)."""
@@ -90,10 +86,6 @@ class WorldState:
     command: str  # navigation command: "straight" / "left" / "right" / "follow"
 
     __eq__ = value_eq
-
-    @property
-    def ego_xy(self) -> np.ndarray:
-        return self.ego[EGO_X : EGO_Y + 1]
 
 
 def wrap_angle(a):

@@ -51,7 +51,7 @@ VTYPES = """<additional>
 """
 _LIGHT_CODE = {"G": GREEN, "g": GREEN, "O": GREEN, "o": GREEN, "y": YELLOW, "Y": YELLOW}
 
-_running = False
+_active: World | None = None  # libsumo holds one simulation per process: the World that owns it
 
 
 def _vtypes_file() -> str:
@@ -186,7 +186,7 @@ class World:
     # ------------------------------------------------------------------ lifecycle
 
     def reset(self) -> WorldState:
-        global _running
+        global _active
         args = [
             "-n",
             str(self.net.path),
@@ -213,11 +213,11 @@ class World:
             "--pedestrian.model",
             "nonInteracting",
         ]
-        if _running:
-            libsumo.load(args)
+        if _active is not None:
+            libsumo.load(args)  # replaces whichever simulation ran before; that World can no longer step
         else:
             libsumo.start(["sumo", *args])
-            _running = True
+        _active = self
         self.t = 0.0
         self._held.clear()
         self._yellow_done = False
@@ -261,14 +261,19 @@ class World:
         return self.state()
 
     def close(self) -> None:
-        global _running
-        if _running:
+        global _active
+        if _active is self:
             libsumo.close()
-            _running = False
+            _active = None
 
     # ------------------------------------------------------------------ stepping
 
     def step(self, accel: float, steer: float) -> WorldState:
+        if _active is not self:
+            raise RuntimeError(
+                "this World's simulation is not running: libsumo holds one simulation per process, and another World "
+                "was reset after this one (or this one was never reset / was closed); use one World per process"
+            )
         self.ego.step(accel, steer)
         self.t += DT
         self._update_progress()
