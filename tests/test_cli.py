@@ -76,3 +76,12 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path), "--episodes", "1", "--eval-episodes", "1", "--workers", "2"]) == 0
     for name in ("drive.gif", "contact_sheet.png", "eval/summary.json", "data/info.json"):
         assert (tmp_path / name).exists(), name
+
+
+def test_library_errors_become_one_line_messages(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match="^error: .*not writable"):
+        main(["generate", "--families", "crosswalk", "--episodes", "1", "--out", str(blocker / "data")])
+    with pytest.raises(SystemExit, match="^error: .*info.json"):
+        main(["dataset", "show", str(tmp_path), "--out", str(tmp_path / "s.png")])

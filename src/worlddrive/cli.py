@@ -334,7 +334,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.fn(args) or 0)
+    try:
+        return int(args.fn(args) or 0)
+    except (KeyError, ValueError, PermissionError, FileNotFoundError, NotADirectoryError) as e:
+        # Bad input named in one line; anything else is a bug and keeps its traceback.
+        raise SystemExit(f"error: {e.args[0] if e.args else e}") from None
 
 
 if __name__ == "__main__":
