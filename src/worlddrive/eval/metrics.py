@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from worlddrive.sim.geometry import PED_SIZE, agent_boxes, projected_overlap, ttc_conflict
 from worlddrive.sim.state import (
     EGO_SPEED,
     EGO_X,
@@ -45,13 +46,11 @@ from worlddrive.sim.state import (
 
 STATIC, AT_FAULT, NOT_AT_FAULT = "static", "at_fault", "not_at_fault"
 
-PED_SIZE = 0.5  # m, pedestrians are square boxes
 STOPPED_SPEED = 0.5  # m/s, below this the ego has stopped (stop signs, crosswalks, TTC)
 STOPPED_EGO_SPEED = 0.05  # m/s, a standing ego hit by a vehicle is not at fault (nuPlan / NAVSIM)
 STOP_SIGN_REACH = 5.0  # m before the line where a stop counts
 CROSSWALK_LATERAL = 4.0  # m from the ego centreline within which a pedestrian on the crosswalk must be yielded to
 BUMPER_GAP, BUMPER_SPEED = 1.5, 1.0  # m ahead of the bumper, m/s
-TTC_TIMES = np.arange(10) * 0.1  # (T,) s, row 0 is now
 SPEED_TOLERANCE = 0.5  # m/s
 MIN_EXPERT_PROGRESS = 5.0  # m
 DRIVABLE_GRID = 0.2  # m per raster cell
@@ -170,8 +169,8 @@ class InfractionTracker:
         speed, yaw = float(ego[EGO_SPEED]), float(ego[EGO_YAW])
         front = ego[EGO_X : EGO_Y + 1] + length / 2 * np.array([np.cos(yaw), np.sin(yaw)])
         prev_front = front if self._prev_front is None else self._prev_front
-        agents = _agent_boxes(state)  # (A, 6)
-        overlap, ahead = _projected_overlap(ego, state.ego_size, agents)  # (T, A), (A,)
+        agents = agent_boxes(state)  # (A, 6)
+        overlap, ahead = projected_overlap(ego, state.ego_size, agents)  # (T, A), (A,)
         ego_box = np.array([ego[EGO_X], ego[EGO_Y], yaw, speed, length, width])[None]  # (1, 6)
         corners = box_corners(ego_box)[0]  # (4, 2)
         step = StepInfractions(
@@ -181,7 +180,7 @@ class InfractionTracker:
             red_light=_ran_red_light(state, prev_front, front),
             stop_sign_violation=self._rolled_stop_sign(state, prev_front, front, speed),
             pedestrian_yield_violation=self._failed_to_yield(state, ego, corners),
-            ttc_violation=speed > STOPPED_SPEED and bool(overlap[:, ahead & ~overlap[0]].any()),
+            ttc_violation=speed > STOPPED_SPEED and ttc_conflict(overlap, ahead),
             over_speed=speed > state.speed_limit + SPEED_TOLERANCE,
             speed=speed,
             accel=(speed - self._speeds[-1]) / self.dt if self._speeds else 0.0,
@@ -267,46 +266,6 @@ class InfractionTracker:
         near_path = np.abs(rel[:, 1]) <= CROSSWALK_LATERAL  # (M,)
         entered = _convex_overlap(corners, self._crosswalks)  # (C,)
         return bool((entered[:, None] & on_crosswalk & near_path).any())
-
-
-def _agent_boxes(state: WorldState) -> np.ndarray:
-    """Vehicles then pedestrians as (A, 6) rows x, y, yaw, speed, length, width."""
-    peds = state.pedestrians[:, :4]  # (M, 4)
-    ped_boxes = np.concatenate([peds, np.full((len(peds), 2), PED_SIZE)], axis=1)
-    return np.concatenate([state.vehicles[:, :6], ped_boxes]).astype(np.float64)
-
-
-def _projected_overlap(
-    ego: np.ndarray, ego_size: tuple[float, float], agents: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Roll ego and agents forward at constant velocity over TTC_TIMES, all in the ego's (fixed) frame.
-
-    Returns overlap (T, A), row 0 being the current contacts, and ahead (A,): agent centre in front of the ego centre.
-    """
-    rel = to_ego_frame(agents[:, :2], ego)  # (A, 2)
-    dyaw = agents[:, 2] - ego[EGO_YAW]  # (A,)
-    rel_v = agents[:, 3:4] * np.stack([np.cos(dyaw), np.sin(dyaw)], -1)  # (A, 2) agent velocity, ego frame
-    rel_v[:, 0] -= ego[EGO_SPEED]
-    rel_t = rel + TTC_TIMES[:, None, None] * rel_v  # (T, A, 2)
-    return _boxes_overlap(rel_t, dyaw, np.asarray(ego_size) / 2, agents[:, 4:6] / 2), rel[:, 0] > 0
-
-
-def _boxes_overlap(rel: np.ndarray, dyaw: np.ndarray, ego_half: np.ndarray, half: np.ndarray) -> np.ndarray:
-    """Separating-axis test of oriented boxes against the ego box, axis-aligned at the origin of its own frame.
-
-    rel (..., A, 2) agent centres, dyaw (A,) agent yaw relative to the ego, ego_half (2,) and half (A, 2) half
-    length / width. Two rectangles are disjoint iff one of their four edge directions separates them.
-    """
-    cos, sin = np.cos(dyaw), np.sin(dyaw)
-    ac, as_ = np.abs(cos), np.abs(sin)
-    x, y = rel[..., 0], rel[..., 1]
-    el, ew = ego_half
-    hl, hw = half[:, 0], half[:, 1]
-    apart = np.abs(x) > el + hl * ac + hw * as_  # ego's long axis
-    apart |= np.abs(y) > ew + hl * as_ + hw * ac  # ego's lateral axis
-    apart |= np.abs(x * cos + y * sin) > hl + el * ac + ew * as_  # agent's long axis
-    apart |= np.abs(y * cos - x * sin) > hw + el * as_ + ew * ac  # agent's lateral axis
-    return ~apart
 
 
 def _ran_red_light(state: WorldState, prev_front: np.ndarray, front: np.ndarray) -> bool:
