@@ -81,7 +81,7 @@ def test_demo_end_to_end(tmp_path, capsys):
 def test_library_errors_become_one_line_messages(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(SystemExit, match="^error: .*not writable"):
+    with pytest.raises(SystemExit, match=r"^error: .*not writable"):
         main(["generate", "--families", "crosswalk", "--episodes", "1", "--out", str(blocker / "data")])
-    with pytest.raises(SystemExit, match="^error: .*info.json"):
+    with pytest.raises(SystemExit, match=r"^error: .*info\.json"):
         main(["dataset", "show", str(tmp_path), "--out", str(tmp_path / "s.png")])
