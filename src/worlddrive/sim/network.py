@@ -323,14 +323,7 @@ def read_network(path: Path) -> Network:
         incoming = [
             ln for e in node.getIncoming() if e.getFunction() == "" for ln in e.getLanes() if ln.allows("passenger")
         ]
-        # A real junction joins three or more roads; a zebra on a straight street gets no give-way signs.
-        junction = (
-            len(
-                {e.getFromNode().getID() for e in node.getIncoming()}
-                | {e.getToNode().getID() for e in node.getOutgoing()}
-            )
-            >= 3
-        )
+        junction = is_junction(node)  # a zebra on a straight street gets no give-way signs
         for lane in incoming:
             conns = lane.getOutgoing()
             if not conns:
@@ -414,6 +407,12 @@ def read_network(path: Path) -> Network:
         sign_stop_line=np.asarray([s[4] for s in signs], np.float32).reshape(-1, 2, 2),
         sign_lane=[s[5] for s in signs],
     )
+
+
+def is_junction(node: sumolib.net.node.Node) -> bool:
+    """Three or more roads meet here; a node that only joins two (a bend, a speed change, a zebra) is no junction."""
+    roads = {e.getFromNode().getID() for e in node.getIncoming()} | {e.getToNode().getID() for e in node.getOutgoing()}
+    return len(roads) >= 3
 
 
 def _far_side_pole(conns: list, near_pole: np.ndarray, stagger: int) -> np.ndarray:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worlddrive.sim.network import Network
+from worlddrive.sim.network import Network, is_junction
 
 STEP_M = 0.5  # resampling step of the path
 
@@ -82,8 +82,9 @@ def build_route(network: Network, edges: list[str], start_lane: int = 0) -> Rout
         else:
             conn, target = None, lane
         pieces.append((_lane_change(lane, target), target.getID()))
-        if conn is not None:
+        if conn is not None and is_junction(edge.getToNode()):
             turns.append((len(pieces), _DIRS.get(conn.getDirection(), "straight")))
+        if conn is not None:
             via = conn.getViaLaneID()
             while via:  # a junction may split a connection into several internal lanes
                 via_lane = net.getLane(via)
