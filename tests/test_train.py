@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,7 +90,10 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     model = Toy()
     model.net[2].p = 0.0
     train(model, toy_data(), None, collate, tmp_path / "one", config(3), progress=False)
-    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "two"), 29517), nprocs=2, start_method="spawn")
+    with socket.socket() as sock:  # a free port for the gloo rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "two"), port), nprocs=2, start_method="spawn")
     one = load_file(tmp_path / "one" / STATE_DIR / "model.safetensors")
     two = load_file(tmp_path / "two" / STATE_DIR / "model.safetensors")
     for k in one:
