@@ -253,7 +253,7 @@ def train(
                     g["lr"] = lr_at(step, cfg)
                 try:
                     loss, logs = ddp(_to(batch, device))
-                except ValueError as e:  # a non-finite input named by the model: skip it, never corrupt weights
+                except (ValueError, FloatingPointError) as e:  # non-finite input or loss: skip, never corrupt weights
                     warnings.warn(f"step {step}: skipped a bad batch: {e}", stacklevel=1)
                     meta["skipped"] += 1
                     continue

@@ -45,22 +45,24 @@ class WorldDriveDataset(Dataset):
         self.split, self.cache_shards = split, cache_shards
         self.shard_names = [s["name"] for s in self.info["shards"]]
         # (family, seed) of the split's episodes; item -> shard, row in the shard  (N,), (N,)
-        self.episodes, self._shard, self._row = self._index(split, val_fraction)
+        self.episodes, self._shard, self._row, counts = self._index(split, val_fraction)
+        self.item_episode = np.repeat(np.arange(len(self.episodes)), counts)  # (N,) index into self.episodes
         self._images: dict[int, tuple[zarr.Array, zarr.Array]] = {}  # opened frames and bev arrays per shard
         self._samples: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()  # per-sample arrays, LRU
 
-    def _index(self, split: str, val_fraction: float) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray]:
-        """The split's episodes and its items as (shard, row) pairs, from info.json alone."""
-        episodes, shards, rows = [], [np.zeros(0, np.int32)], [np.zeros(0, np.int32)]
+    def _index(self, split: str, val_fraction: float) -> tuple[list[tuple[str, int]], np.ndarray, np.ndarray, list]:
+        """The split's episodes, its items as (shard, row) pairs and samples per episode, from info.json alone."""
+        episodes, shards, rows, counts = [], [np.zeros(0, np.int32)], [np.zeros(0, np.int32)], []
         for i, entry in enumerate(self.info["shards"]):
             start = 0
             for (family, seed), n in zip(entry["episodes"], entry["episode_samples"], strict=True):
                 if split == "all" or episode_split(family, seed, val_fraction) == split:
                     episodes.append((family, seed))
+                    counts.append(n)
                     shards.append(np.full(n, i, np.int32))
                     rows.append(np.arange(start, start + n, dtype=np.int32))
                 start += n
-        return episodes, np.concatenate(shards), np.concatenate(rows)
+        return episodes, np.concatenate(shards), np.concatenate(rows), counts
 
     def __len__(self) -> int:
         return len(self._shard)
