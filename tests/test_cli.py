@@ -85,3 +85,53 @@ def test_library_errors_become_one_line_messages(tmp_path):
         main(["generate", "--families", "crosswalk", "--episodes", "1", "--out", str(blocker / "data")])
     with pytest.raises(SystemExit, match=r"^error: .*info\.json"):
         main(["dataset", "show", str(tmp_path), "--out", str(tmp_path / "s.png")])
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    data = tmp_path_factory.mktemp("cli") / "data"  # seeds 24 and 25: one training and one validation episode
+    main(["generate", "--families", "crosswalk", "--episodes", "2", "--seed", "24", "--out", str(data)])
+    return data
+
+
+def test_train_writes_a_loadable_policy_and_resumes(small_data, tmp_path, capsys):
+    from worlddrive.models import WorldDrivePolicy
+
+    data = small_data
+    run = tmp_path / "run"
+    argv = ["train", "--config", "tiny", "--data", str(data), "--out", str(run), "--batch-size", "4"]
+    assert main([*argv, "--max-steps", "4"]) == 0
+    assert result_line(capsys.readouterr().out)["steps"] == "4"
+    assert main([*argv, "--max-steps", "6"]) == 0  # continues from step 4 with the saved tokenizer and weights
+    assert result_line(capsys.readouterr().out)["steps"] == "6"
+    policy = WorldDrivePolicy.from_pretrained(run / "policy")
+    assert policy.config.d_model == 64
+    with pytest.raises(SystemExit, match="data-fraction"):
+        main([*argv, "--data-fraction", "0"])
+
+
+def test_world_model_training_with_a_trained_tokenizer(small_data, tmp_path, capsys):
+    vq = tmp_path / "vq"
+    assert (
+        main(["train-tokenizer", "--data", str(small_data), "--out", str(vq), "--steps", "3", "--batch-size", "4"]) == 0
+    )
+    assert float(result_line(capsys.readouterr().out)["psnr"]) > 0
+    argv = [
+        "train",
+        "--config",
+        "tiny",
+        "--data",
+        str(small_data),
+        "--out",
+        str(tmp_path / "run"),
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "2",
+        "--wm",
+        "vq,frame,bev",
+    ]
+    with pytest.raises(SystemExit, match="--wm vq needs --vq"):
+        main(argv)
+    assert main([*argv, "--vq", str(vq)]) == 0
+    assert result_line(capsys.readouterr().out)["steps"] == "2"

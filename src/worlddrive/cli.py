@@ -220,6 +220,99 @@ def _atomic_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def cmd_train(a: argparse.Namespace) -> int:
+    """Train a policy on a dataset; resumable: the same command after a kill continues from the last save."""
+    import numpy as np
+    import torch
+    from torch.utils.data import Subset
+
+    from worlddrive.data.dataset import WorldDriveDataset
+    from worlddrive.models import PolicyConfig, WorldDrivePolicy
+    from worlddrive.models.text import corpus, train_tokenizer
+    from worlddrive.train import TrainConfig, train
+
+    if not 0 < a.data_fraction <= 1:
+        raise SystemExit(f"error: --data-fraction must be in (0, 1], got {a.data_fraction}")
+    out = _writable_dir(Path(a.out))
+    train_ds, val_ds = WorldDriveDataset(a.data, "train"), WorldDriveDataset(a.data, "val")
+    if a.data_fraction < 1:  # a seeded choice of whole episodes, the same for every variant of an ablation
+        keep = np.random.default_rng(a.seed).permutation(len(train_ds.episodes))
+        keep = keep[: max(1, round(a.data_fraction * len(keep)))]
+        train_ds = Subset(train_ds, np.nonzero(np.isin(train_ds.item_episode, keep))[0].tolist())
+    heads = tuple(h for h in a.wm.split(",") if h)
+    if "vq" in heads and not a.vq:
+        raise SystemExit("error: --wm vq needs --vq DIR, a tokenizer trained by `worlddrive train-tokenizer`")
+    saved = out / "policy"
+    if saved.exists():  # resume: the tokenizer, stats and config of the first run, weights from train_state
+        saved_config = PolicyConfig.from_dict(json.loads((saved / "config.json").read_text()))
+        policy = WorldDrivePolicy.from_pretrained(saved, world_model=_world_model(a, saved_config))
+        policy.train()
+    else:
+        overrides = {"action_expert": a.action_expert, "wm_heads": heads}
+        if a.lambda_wm is not None:
+            overrides["lambda_wm"] = a.lambda_wm
+        config = PolicyConfig.preset(a.config, **overrides)
+        base = train_ds.dataset if isinstance(train_ds, Subset) else train_ds
+        policy = WorldDrivePolicy(
+            config, train_tokenizer(corpus(base.root), config.vocab_size), base.stats, _world_model(a, config)
+        )
+        policy.save_pretrained(saved)
+    torch.manual_seed(a.seed)
+    cfg = TrainConfig(
+        max_steps=a.max_steps,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        warmup_steps=min(50, a.max_steps // 10),
+        eval_every=max(a.max_steps // 5, 1),
+        save_every=max(min(50, a.max_steps // 4), 1),
+    )
+    t0 = time.time()
+    res = train(
+        policy,
+        train_ds,
+        val_ds if len(val_ds) else None,
+        policy.collate_fn(),
+        out,
+        cfg,
+        on_save=lambda model, _: model.save_pretrained(saved),
+    )
+    keys = {k: v for k, v in res.items() if k in ("loss", "action_loss", "val_loss", "val_action_loss")}
+    print(f"trained {res['step']} steps in {time.time() - t0:.0f} s; policy in {saved}")
+    _result(
+        **{k: float(v) for k, v in keys.items()},
+        steps=int(res["step"]),
+        skipped=int(res["skipped"]),
+        samples_per_s=float(res["samples_per_s"]),
+    )
+    return 0
+
+
+def _world_model(a: argparse.Namespace, config):
+    """The world-model heads asked for by --wm, with the frozen VQ tokenizer the `vq` head needs; None if none."""
+    heads = tuple(h for h in a.wm.split(",") if h)
+    if not heads:
+        return None
+    from worlddrive.models.vq import VQTokenizer
+    from worlddrive.models.world_model import WorldModel
+
+    return WorldModel(config.d_model, heads, tokenizer=VQTokenizer.load(a.vq) if "vq" in heads else None)
+
+
+def cmd_train_tokenizer(a: argparse.Namespace) -> int:
+    from worlddrive.models.vq import train_vq_tokenizer
+
+    res = train_vq_tokenizer(a.data, _writable_dir(Path(a.out)), steps=a.steps, batch_size=a.batch_size, seed=a.seed)
+    print(f"VQ tokenizer in {a.out}")
+    _result(
+        psnr=float(res["val_psnr"]),
+        ssim=float(res["val_ssim"]),
+        codebook_usage=float(res["val_codebook_usage"]),
+        seconds=float(res["train_seconds"]),
+    )
+    return 0
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from worlddrive.sim.bench import bench_sim
 
@@ -317,6 +410,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
     e.add_argument("--out", default="out/eval")
     e.set_defaults(fn=cmd_eval)
+
+    t = sub.add_parser("train", help="train the VLA policy (resumable; runs under torchrun for DDP)")
+    t.add_argument("--config", default="small", help="preset: tiny, small or base")
+    t.add_argument("--data", required=True)
+    t.add_argument("--out", required=True)
+    t.add_argument("--wm", default="", help="world-model heads, comma separated: vq,frame,bev (empty: action-only)")
+    t.add_argument("--lambda-wm", type=float, default=None)
+    t.add_argument("--vq", default=None, help="VQ tokenizer folder (needed by the vq head)")
+    t.add_argument("--action-expert", default="query", choices=["query", "flow", "ar"])
+    t.add_argument("--data-fraction", type=float, default=1.0)
+    t.add_argument("--max-steps", type=int, default=500)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(fn=cmd_train)
+
+    k = sub.add_parser("train-tokenizer", help="train the VQ image tokenizer of the `vq` world-model head")
+    k.add_argument("--data", required=True)
+    k.add_argument("--out", required=True)
+    k.add_argument("--steps", type=int, default=400)
+    k.add_argument("--batch-size", type=int, default=16)
+    k.add_argument("--seed", type=int, default=0)
+    k.set_defaults(fn=cmd_train_tokenizer)
 
     b = sub.add_parser("bench", help="speed benchmarks")
     b.add_argument("what", choices=["sim"])

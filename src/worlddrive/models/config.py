@@ -1,0 +1,159 @@
+"""`PolicyConfig`: every number that shapes the policy network, in one validated dataclass (nanoGPT's GPTConfig).
+
+A checkpoint's `config.json` is this dataclass as a dict, so a field added here must also be a key there:
+`from_dict` names unknown and missing keys instead of guessing defaults for an old checkpoint.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+
+from worlddrive.data.record import FUTURE, PAST
+
+ACTION_EXPERTS = ("query", "flow", "ar")
+WM_HEADS = ("vq", "frame", "bev")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # vision: frames are resized to image_size, cut into patch_size patches by a conv stem; each past frame's token
+    # grid is average-pooled by past_pool in both directions (the current frame keeps full resolution)
+    image_size: tuple[int, int] = (64, 128)  # (H, W) seen by the network; camera frames are resized to it
+    past_frames: int = PAST
+    patch_size: int = 8
+    past_pool: int = 4
+    vision_layers: int = 2
+    # backbone
+    d_model: int = 192
+    n_layers: int = 4
+    n_heads: int = 4
+    dropout: float = 0.0  # on residual branches; costs ~10 % of a CPU step, so off unless the data is too small
+    # text
+    vocab_size: int = 1024
+    max_instruction_tokens: int = 16
+    max_reasoning_tokens: int = 96  # including the leading <sep> and the closing <eos>
+    # action expert
+    action_expert: str = "query"
+    waypoints: int = FUTURE
+    action_layers: int = 2  # transformer blocks of the flow denoiser / autoregressive decoder
+    flow_steps: int = 10
+    ar_bins: int = 256
+    # losses: L = L_action + lambda_wm * L_wm + lambda_lang * L_lang
+    wm_heads: tuple[str, ...] = ()
+    lambda_wm: float = 1.0
+    lambda_lang: float = 0.1
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        # JSON has no tuples: accept lists from config.json
+        object.__setattr__(self, "image_size", tuple(self.image_size))
+        object.__setattr__(self, "wm_heads", tuple(self.wm_heads))
+        positive = ("past_pool", "patch_size", "vision_layers", "d_model", "n_layers", "n_heads", "vocab_size")
+        positive += ("max_instruction_tokens", "waypoints", "action_layers", "flow_steps")
+        for name in positive:
+            self._require(isinstance(getattr(self, name), int) and getattr(self, name) > 0, name, "a positive int")
+        ok = isinstance(self.past_frames, int) and 0 <= self.past_frames <= PAST
+        self._require(ok, "past_frames", f"an int within [0, {PAST}] (the frames a dataset sample holds)")
+        self._require(
+            len(self.image_size) == 2 and all(isinstance(s, int) and s > 0 for s in self.image_size),
+            "image_size",
+            "(H, W) of positive ints",
+        )
+        self._require(self.patch_size % 4 == 0, "patch_size", "a multiple of 4 (the conv stem halves the image twice)")
+        for side in self.image_size:
+            self._require(side % self.patch_size == 0, "image_size", f"divisible by patch_size={self.patch_size}")
+            self._require(side // self.patch_size % self.past_pool == 0, "past_pool", "a divisor of the patch grid")
+        self._require(self.d_model % self.n_heads == 0, "d_model", f"divisible by n_heads={self.n_heads}")
+        self._require(0.0 <= self.dropout < 1.0, "dropout", "within [0, 1)")
+        self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")
+        self._require(self.max_reasoning_tokens >= 2, "max_reasoning_tokens", ">= 2 (<sep> and <eos>)")
+        self._require(self.action_expert in ACTION_EXPERTS, "action_expert", f"one of {ACTION_EXPERTS}")
+        self._require(isinstance(self.ar_bins, int) and self.ar_bins >= 2, "ar_bins", "an int >= 2")
+        ok = set(self.wm_heads) <= set(WM_HEADS) and len(set(self.wm_heads)) == len(self.wm_heads)
+        self._require(ok, "wm_heads", f"distinct names out of {WM_HEADS}")
+        self._require(self.lambda_wm >= 0, "lambda_wm", ">= 0")
+        self._require(self.lambda_lang >= 0, "lambda_lang", ">= 0")
+        self._require(self.device in DEVICES, "device", f"one of {DEVICES}")
+
+    def _require(self, ok: bool, name: str, expected: str) -> None:
+        if not ok:
+            raise ValueError(f"PolicyConfig.{name}={getattr(self, name)!r}, expected {expected}")
+
+    # ---------------------------------------------------------------- derived sizes
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(h, w) of the current frame's token grid."""
+        return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    @property
+    def visual_tokens(self) -> int:
+        h, w = self.grid
+        return h * w + self.past_frames * (h // self.past_pool) * (w // self.past_pool)
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    # ---------------------------------------------------------------- presets and (de)serialisation
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> PolicyConfig:
+        if name not in PRESETS:
+            raise KeyError(f"unknown policy preset {name!r}; known presets: {', '.join(PRESETS)}")
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise KeyError(f"unknown PolicyConfig fields {unknown}")
+        return replace(PRESETS[name], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {**d, "image_size": list(self.image_size), "wm_heads": list(self.wm_heads)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
+        names = {f.name for f in fields(cls)}
+        unknown, missing = sorted(set(data) - names), sorted(names - set(data))
+        if unknown or missing:
+            raise ValueError(f"policy config does not match PolicyConfig: unknown keys {unknown}, missing {missing}")
+        return cls(**data)
+
+
+PRESETS: dict[str, PolicyConfig] = {
+    # tests: 32 + 2 x 8 visual tokens, trains on a handful of samples in seconds
+    "tiny": PolicyConfig(
+        image_size=(32, 64),
+        patch_size=8,
+        past_pool=2,
+        vision_layers=1,
+        d_model=64,
+        n_layers=2,
+        n_heads=2,
+        vocab_size=512,
+        max_reasoning_tokens=64,
+        action_layers=1,
+        flow_steps=4,
+        ar_bins=64,
+    ),
+    # the default: trains on 2 CPU cores within minutes (frames halved to 64 x 128, 128 + 2 x 8 visual tokens)
+    "small": PolicyConfig(),
+    # a GPU: full-resolution frames, 512 + 2 x 128 visual tokens
+    "base": PolicyConfig(
+        image_size=(128, 256),
+        patch_size=8,
+        past_pool=2,
+        vision_layers=4,
+        d_model=512,
+        n_layers=8,
+        n_heads=8,
+        dropout=0.1,
+        max_reasoning_tokens=128,
+        action_layers=3,
+    ),
+}

@@ -1,0 +1,60 @@
+"""A real (if small) dataset made once per session, a tokenizer fitted on it, and tiny policies built on both."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from worlddrive.data.dataset import WorldDriveDataset
+from worlddrive.data.generate import generate
+from worlddrive.models import PolicyConfig, TextTokenizer, WorldDrivePolicy, corpus, train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models run faster on one thread, and two threads on a busy 2-core machine slow every op 10x. Modules opt
+    in with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real crosswalk episode (about 40 samples, 1 s to make)."""
+    out = tmp_path_factory.mktemp("policy_data")
+    generate(["crosswalk"], 1, 0, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def dataset(dataset_dir: Path) -> WorldDriveDataset:
+    return WorldDriveDataset(dataset_dir, "all")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(dataset_dir: Path) -> TextTokenizer:
+    return train_tokenizer(corpus(dataset_dir), PolicyConfig.preset("tiny").vocab_size)
+
+
+@pytest.fixture(scope="session")
+def items(dataset: WorldDriveDataset) -> list[dict[str, Any]]:
+    """8 samples spread over the episode."""
+    step = len(dataset) // 8
+    return [dataset[i * step] for i in range(8)]
+
+
+@pytest.fixture
+def make_policy(tokenizer: TextTokenizer, dataset: WorldDriveDataset) -> Callable[..., WorldDrivePolicy]:
+    """policy(world_model=None, **PolicyConfig overrides of the tiny preset), seeded."""
+
+    def make(world_model: torch.nn.Module | None = None, **overrides: Any) -> WorldDrivePolicy:
+        torch.manual_seed(0)
+        return WorldDrivePolicy(PolicyConfig.preset("tiny", **overrides), tokenizer, dataset.stats, world_model)
+
+    return make

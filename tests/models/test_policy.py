@@ -1,0 +1,232 @@
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from worlddrive.models import WorldDrivePolicy
+from worlddrive.models.policy import CHECKPOINT_FILES, CONFIG_FILE, MODEL_FILE
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_forward_logs_every_term(make_policy, items: list) -> None:
+    policy = make_policy()
+    loss, logs = policy(policy.collate(items))
+    assert set(logs) == {"loss", "action_loss", "wm_loss", "lang_loss"}
+    assert logs["wm_loss"] == 0.0 and logs["lang_loss"] > 0
+    assert logs["loss"] == pytest.approx(logs["action_loss"] + policy.config.lambda_lang * logs["lang_loss"], rel=1e-5)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
+
+
+def test_shapes(make_policy, items: list) -> None:
+    policy = make_policy()
+    batch = policy.collate(items[:2])
+    hidden, layout = policy.encode(batch, reasoning=True)
+    assert hidden.shape == (2, len(layout), policy.config.d_model)
+    h, w = policy.config.grid
+    assert policy.visual_grid(hidden).shape == (2, h, w, policy.config.d_model)
+    assert policy.predict_trajectory(batch, num_samples=3).shape == (2, 3, 8, 3)
+
+
+@pytest.mark.parametrize("field", ["trajectory", "ego", "past_trajectory"])
+def test_non_finite_input_raises_naming_the_field(make_policy, items: list, field: str) -> None:
+    policy = make_policy()
+    batch = policy.collate(items[:2])
+    batch[field][1].view(-1)[0] = float("nan")
+    with pytest.raises(ValueError, match=f"'{field}'"):
+        policy(batch)
+
+
+@pytest.mark.parametrize(("expert", "ratio"), [("query", 0.5), ("flow", 0.75), ("ar", 0.5)])
+def test_every_expert_overfits_eight_samples(make_policy, items: list, expert: str, ratio: float) -> None:
+    policy = make_policy(action_expert=expert, lambda_lang=0.0)
+    batch = policy.collate(items)
+    optimizer = policy.configure_optimizers(weight_decay=0.0, lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss, logs = policy(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(logs["action_loss"])
+    assert np.mean(losses[-10:]) < ratio * np.mean(losses[:5]), losses
+
+
+def test_language_loss_decreases(make_policy, items: list) -> None:
+    policy = make_policy(lambda_lang=1.0)
+    batch = policy.collate(items[:4])
+    optimizer = policy.configure_optimizers(weight_decay=0.0, lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss, logs = policy(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(logs["lang_loss"])
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_cached_generation_equals_uncached_greedy(make_policy, items: list) -> None:
+    policy = make_policy().eval()
+    batch = policy.collate(items[:3])
+    cached = policy.generate_tokens(batch, max_tokens=12)
+    assert cached.shape == (3, 12)
+    assert torch.equal(cached, policy.generate_tokens(batch, max_tokens=12, use_cache=False))
+    texts = policy.generate_reasoning(batch, max_tokens=12)
+    assert len(texts) == 3 and all(isinstance(t, str) for t in texts)
+
+
+def test_save_load_round_trip(make_policy, items: list, tmp_path: Path) -> None:
+    policy = make_policy(action_expert="flow").eval()
+    batch = policy.collate(items[:2])
+    policy.save_pretrained(tmp_path / "ckpt")
+    policy.save_pretrained(tmp_path / "ckpt")  # replacing an existing checkpoint
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted(CHECKPOINT_FILES)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary folders left
+    loaded = WorldDrivePolicy.from_pretrained(tmp_path / "ckpt")
+    assert not loaded.training and loaded.config == policy.config and loaded.stats == policy.stats
+
+    def outputs(p: WorldDrivePolicy) -> torch.Tensor:
+        return p.predict_trajectory(batch, num_samples=2, generator=torch.Generator().manual_seed(0))
+
+    assert torch.equal(outputs(policy), outputs(loaded))
+    assert torch.equal(policy.generate_tokens(batch, 5), loaded.generate_tokens(batch, 5))
+
+
+@pytest.fixture
+def checkpoint(make_policy, tmp_path: Path) -> Path:
+    return make_policy().save_pretrained(tmp_path / "ckpt")
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_missing_file_is_named(checkpoint: Path, name: str) -> None:
+    (checkpoint / name).unlink()
+    with pytest.raises(FileNotFoundError, match=name):
+        WorldDrivePolicy.from_pretrained(checkpoint)
+
+
+def test_changed_config_names_the_mismatched_tensors(checkpoint: Path) -> None:
+    config = json.loads((checkpoint / CONFIG_FILE).read_text())
+    config["n_layers"] += 1
+    config["d_model"] = 96
+    (checkpoint / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"missing tensors \['backbone\.blocks\.2\..*shape mismatches.*action_queries"):
+        WorldDrivePolicy.from_pretrained(checkpoint)
+
+
+def test_unknown_config_key_is_named(checkpoint: Path) -> None:
+    config = json.loads((checkpoint / CONFIG_FILE).read_text())
+    config["use_magic"] = True
+    (checkpoint / CONFIG_FILE).write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="use_magic"):
+        WorldDrivePolicy.from_pretrained(checkpoint)
+
+
+def test_missing_and_extra_tensors_are_named(checkpoint: Path) -> None:
+    tensors = load_file(checkpoint / MODEL_FILE)
+    del tensors["lm_head.weight"]
+    tensors["extra.weight"] = torch.zeros(2)
+    save_file(tensors, checkpoint / MODEL_FILE)
+    expected = r"missing tensors \['lm_head.weight'\], unexpected tensors \['extra.weight'\]"
+    with pytest.raises(ValueError, match=expected):
+        WorldDrivePolicy.from_pretrained(checkpoint)
+
+
+def test_select_action_on_a_real_env_observation(make_policy) -> None:
+    from worlddrive.sim.env import DriveEnv
+
+    policy = make_policy(action_expert="flow").eval()
+    env = DriveEnv({"family": "crosswalk"})
+    try:
+        obs, _ = env.reset(seed=0)
+        policy.reset()
+        first = policy.select_action(obs)
+        for _ in range(6):  # long enough for a real past frame (KEY_EVERY steps back)
+            action = policy.select_action(obs)
+            assert action.shape == (8, 3) and action.dtype == np.float32 and np.isfinite(action).all()
+            obs, *_ = env.step(action)
+        out = policy.predict(obs, num_samples=4, reason=True)
+        assert out["samples"].shape == (4, 8, 3) and isinstance(out["reasoning"], str)
+        policy.reset()
+        env_obs, _ = env.reset(seed=0)
+        assert np.array_equal(policy.select_action(env_obs), first)  # reset() forgets the history
+    finally:
+        env.close()
+
+
+def test_optimizer_groups(make_policy) -> None:
+    policy = make_policy()
+    decay, no_decay = policy.configure_optimizers(weight_decay=0.1, lr=1e-3).param_groups
+    names = {id(p): n for n, p in policy.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert "backbone.blocks.0.mlp.0.weight" in decayed and "vision.stem.0.weight" in decayed
+    assert not any(k in n for n in decayed for k in ("ln_", "bias", "embedding", "_pos", "queries", "command"))
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(policy.parameters()))
+
+
+def test_flops_and_mfu(make_policy) -> None:
+    policy = make_policy()
+    flops = policy.estimate_flops_per_sample()
+    params = sum(p.numel() for p in policy.backbone.parameters())
+    tokens = policy.config.visual_tokens + 1 + policy.config.max_instruction_tokens + policy.config.max_reasoning_tokens
+    assert flops > 6 * params * tokens  # at least the backbone's share
+    assert policy.estimate_mfu(samples_per_s=100.0, peak_flops=1e4 * flops) == pytest.approx(0.01)
+
+
+class FakeWorldModel(torch.nn.Module):
+    def __init__(self, d_model: int, heads: tuple[str, ...]) -> None:
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(()))
+        self.grids: list[torch.Size] = []
+
+    def loss(self, grid: torch.Tensor, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+        self.grids.append(grid.shape)
+        return self.scale * grid.pow(2).mean(), {"bev_iou": 0.5}
+
+
+def test_world_model_hook(make_policy, items: list, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = types.ModuleType("worlddrive.models.world_model")
+    module.WorldModel = FakeWorldModel
+    monkeypatch.setitem(sys.modules, "worlddrive.models.world_model", module)
+    policy = make_policy(wm_heads=("bev",), lambda_wm=0.5)
+    _, logs = policy(policy.collate(items[:2]))
+    h, w = policy.config.grid
+    assert policy.world_model.grids == [(2, h, w, policy.config.d_model)]
+    assert logs["bev_iou"] == 0.5 and logs["wm_loss"] > 0
+    expected = logs["action_loss"] + 0.5 * logs["wm_loss"] + policy.config.lambda_lang * logs["lang_loss"]
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+    assert "world_model.scale" in policy.state_dict()  # saved with the policy
+
+
+def test_world_model_import_failure_is_explained(make_policy, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "worlddrive.models.world_model", None)  # makes the import fail
+    with pytest.raises(ImportError, match=r"wm_heads=\('vq',\) needs worlddrive.models.world_model.WorldModel"):
+        make_policy(wm_heads=("vq",))
+    assert make_policy().world_model is None  # action-only never imports it
+
+
+def test_a_given_world_model_is_used_and_reloaded(make_policy, items: list, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="wm_heads is empty"):
+        make_policy(world_model=FakeWorldModel(64, ()))
+    policy = make_policy(wm_heads=("bev",), world_model=FakeWorldModel(64, ("bev",)))
+    with torch.no_grad():
+        policy.world_model.scale.fill_(3.0)
+    policy.save_pretrained(tmp_path / "ckpt")
+    loaded = WorldDrivePolicy.from_pretrained(tmp_path / "ckpt", world_model=FakeWorldModel(64, ("bev",)))
+    assert loaded.world_model.scale.item() == 3.0
+
+
+def test_real_world_model_bev_head_trains_with_the_policy(make_policy, items: list) -> None:
+    policy = make_policy(wm_heads=("bev",))
+    loss, logs = policy(policy.collate(items[:2]))
+    loss.backward()
+    assert logs["wm_loss"] > 0 and "bev_occ_bce" in logs
+    assert any(k.startswith("world_model.") for k in policy.state_dict())
