@@ -42,7 +42,7 @@ def _seed_range(text: str) -> list[int]:
 def _writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write_probe"
+        probe = path / f".write_probe.{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -239,6 +239,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         keep = np.random.default_rng(a.seed).permutation(len(train_ds.episodes))
         keep = keep[: max(1, round(a.data_fraction * len(keep)))]
         train_ds = Subset(train_ds, np.nonzero(np.isin(train_ds.item_episode, keep))[0].tolist())
+    rank = int(os.environ.get("RANK", "0"))  # set by torchrun
     heads = tuple(h for h in a.wm.split(",") if h)
     if "vq" in heads and not a.vq:
         raise SystemExit("error: --wm vq needs --vq DIR, a tokenizer trained by `worlddrive train-tokenizer`")
@@ -277,6 +278,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         cfg,
         on_save=lambda model, _: model.save_pretrained(saved),
     )
+    if rank:
+        return 0
     keys = {k: v for k, v in res.items() if k in ("loss", "action_loss", "val_loss", "val_action_loss")}
     print(f"trained {res['step']} steps in {time.time() - t0:.0f} s; policy in {saved}")
     _result(
