@@ -32,7 +32,7 @@ def test_generate_validate_show(tmp_path, capsys):
         (["generate", "--families", "moon", "--episodes", "1", "--out", "X"], "unknown family moon"),
         (["generate", "--families", "crosswalk", "--episodes", "0", "--out", "X"], "--episodes must be positive"),
         (["eval", "--families", "crosswalk", "--episodes", "0", "--out", "X"], "--episodes must be positive"),
-        (["eval", "--policy", "nope", "--out", "X"], "--policy 'nope' is not available"),
+        (["eval", "--policy", "nope", "--out", "X"], "--policy .nope.: no checkpoint there"),
         (["eval", "--seeds", "9-3", "--out", "X"], "empty or negative"),
         (["drive", "--family", "moon"], "unknown family moon"),
     ],
@@ -47,7 +47,7 @@ def test_unwritable_output_folder_is_named(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     with pytest.raises(SystemExit, match="not writable"):
-        main(["eval", "--families", "crosswalk", "--seeds", "1000000-1000000", "--out", str(blocker / "eval")])
+        main(["eval", "--policy", "expert", "--seeds", "1000000-1000000", "--out", str(blocker / "eval")])
 
 
 def test_drive_writes_gif_and_scores(tmp_path, capsys):
@@ -62,10 +62,11 @@ def test_drive_writes_gif_and_scores(tmp_path, capsys):
 def test_eval_expert_table_and_records(tmp_path, capsys):
     out = tmp_path / "eval"
     seeds = "1000000-1000001"
-    assert main(["eval", "--families", "crosswalk,cut_in", "--seeds", seeds, "--workers", "1", "--out", str(out)]) == 0
+    argv = ["eval", "--policy", "expert", "--families", "crosswalk,cut_in", "--seeds", seeds, "--gallery", "0"]
+    assert main([*argv, "--workers", "1", "--out", str(out)]) == 0
     res = result_line(capsys.readouterr().out)
-    assert int(res["episodes"]) == 4 and res["errors"] == "0"
-    rows = json.loads((out / "summary.json").read_text())["families"]
+    assert int(res["episodes"]) == 4 and res["errors"] == "0" and res["policy"] == "expert"
+    rows = json.loads((out / "summary.json").read_text())["policies"]["expert"]["families"]
     assert [r["family"] for r in rows] == ["crosswalk", "cut_in"]
     assert abs(float(res["ds"]) - sum(r["ds"] for r in rows) / 2) < 1e-3
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 4
@@ -73,9 +74,14 @@ def test_eval_expert_table_and_records(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--episodes", "1", "--eval-episodes", "1", "--workers", "2"]) == 0
-    for name in ("drive.gif", "contact_sheet.png", "eval/summary.json", "data/info.json"):
+    """The main job's tiny form: every step runs and the report names both trained policies."""
+    argv = ["demo", "--out", str(tmp_path), "--config", "tiny", "--train-steps", "2", "--episodes", "1"]
+    assert main([*argv, "--eval-episodes", "1", "--workers", "2"]) == 0
+    for name in ("contact_sheet.png", "data/info.json", "runs/world_model/policy/config.json", "eval/report.html"):
         assert (tmp_path / name).exists(), name
+    policies = json.loads((tmp_path / "eval" / "summary.json").read_text())["policies"]
+    assert list(policies) == ["expert", "world_model", "action_only", "constant-velocity", "idm"]
+    assert "report: " in capsys.readouterr().out
 
 
 def test_library_errors_become_one_line_messages(tmp_path):

@@ -12,6 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+# open-loop metrics printed on RESULT lines (all of them go to summary.json and the training log)
+OPEN_LOOP_RESULT = ("ade", "fde", "plan_collision_rate", "frame_psnr", "frame_ssim", "vq_psnr", "bev_iou_true_plan")
+OPEN_LOOP_RESULT += ("light_acc_1s", "light_acc_2s", "fact_light_acc", "fact_ped_acc", "fact_meta_acc", "fact_acc")
 DEMO_FAMILIES = (
     "straight,intersection_signal,intersection_stop,crosswalk,urban_mixed,occluded_pedestrian,yellow_light,cut_in"
 )
@@ -102,50 +105,20 @@ def cmd_dataset(a: argparse.Namespace) -> int:
 
 
 def cmd_drive(a: argparse.Namespace) -> int:
-    import numpy as np
+    from worlddrive.eval.drivers import make_driver
+    from worlddrive.eval.rollout import RolloutJob, render_rollout
 
-    from worlddrive.data.annotate import SceneFacts, reasoning
-    from worlddrive.eval.closed_loop import ExpertDriver, run_episode
-    from worlddrive.eval.visualize import bev_panel, panel, write_gif
-    from worlddrive.sim.camera import BevConfig, BevRenderer, FrontCamera
-
-    if a.policy != "expert":
-        raise SystemExit(f"error: --policy {a.policy!r} is not available yet; available: expert")
     _families(a.family)
-    cam, bev_cfg = FrontCamera(), BevConfig()
-    bev = BevRenderer(bev_cfg)
-    frames: list[np.ndarray] = []
-    rng = np.random.default_rng(a.seed)
-    text = [""]
-
-    def on_step(world, state, out):
-        k = round(state.t * 10)
-        if k % 5 == 0:  # the reasoning is refreshed at the keyframe rate, 2 Hz
-            text[0] = reasoning(SceneFacts.from_dict(out.facts), rng)
-        if k % a.every == 0:
-            road = world.net.road
-            header = (
-                f"{a.family} seed {a.seed}  t={state.t:4.1f}s  v={state.ego[3] * 3.6:4.0f} km/h  cmd={state.command}"
-            )
-            frames.append(
-                panel(
-                    cam.render(state, road),
-                    bev_panel(bev.render(state, road), out.trajectory, bev_cfg),
-                    text[0],
-                    header,
-                )
-            )
-
-    res = run_episode(a.family, a.seed, ExpertDriver(plan=True), on_step=on_step)
+    make_driver(a.policy)  # a missing or mismatched checkpoint is named here, before any driving
+    res = render_rollout(RolloutJob(a.policy, a.family, a.seed, a.out, a.every))
     if res.error:
         print(res.error, file=sys.stderr)
         return 1
-    write_gif(frames, Path(a.out), fps=max(1, 10 // a.every))
     s = res.score
-    print(f"wrote {a.out} ({len(frames)} frames)")
+    print(f"wrote {a.out}")
     print(
         f"Drive Score {s.ds:.3f}  NC {s.nc:.2f} DAC {s.dac:.2f} TLC {s.tlc:.2f} YC {s.yc:.2f} TTC {s.ttc:.2f} "
-        f"EP {s.ep:.2f} C {s.c:.2f} SL {s.sl:.2f}  progress {res.progress_m:.0f} m"
+        f"EP {s.ep:.2f} C {s.c:.2f} SL {s.sl:.2f}  progress {res.progress_m:.0f} m (EP against its own progress)"
     )
     _result(ds=s.ds, progress_m=res.progress_m, collisions=s.collisions_at_fault)
     return 0
@@ -153,47 +126,88 @@ def cmd_drive(a: argparse.Namespace) -> int:
 
 def cmd_eval(a: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from worlddrive.eval.closed_loop import eval_seeds, family_table, run_expert_episodes
+    from worlddrive.eval.closed_loop import eval_seeds
+    from worlddrive.eval.drivers import make_driver
+    from worlddrive.eval.evaluate import EvalConfig, evaluate
+    from worlddrive.eval.report import write_report
 
-    if a.policy != "expert":
-        raise SystemExit(f"error: --policy {a.policy!r} is not available yet; available: expert")
     if a.episodes <= 0 and not a.seeds:
         raise SystemExit(f"error: --episodes must be positive, got {a.episodes}")
-    families = _families(a.families)
+    policies = [p.strip() for p in a.policy.split(",") if p.strip()]
+    if not policies:
+        raise SystemExit("error: --policy is empty")
     seeds = _seed_range(a.seeds) if a.seeds else eval_seeds(a.episodes)
+    families = _families(a.families)
+    for spec in policies:
+        make_driver(spec)  # fail fast, in this process, on a missing or mismatched checkpoint
     out = _writable_dir(Path(a.out))
-    jobs = [(f, s) for f in families for s in seeds]
-    results = []
-    records = out / "episodes.jsonl"
-    with (
-        Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            transient=False,
-        ) as bar,
-        open(records, "w") as fh,
-    ):
-        task = bar.add_task(f"expert × {len(families)} families", total=len(jobs))
-        for r in run_expert_episodes(jobs, workers=a.workers):
-            results.append(r)
-            fh.write(json.dumps(r.as_dict()) + "\n")
-            fh.flush()
-            bar.advance(task)
-    rows = family_table(results)
-    _print_table(Console(width=160), rows, f"expert Drive Score, seeds {seeds[0]}–{seeds[-1]}")
-    _atomic_json(out / "summary.json", {"policy": a.policy, "seeds": [seeds[0], seeds[-1]], "families": rows})
-    for r in results:
-        if r.error or (r.score and r.score.ds < 0.5):
-            why = "error" if r.error else ", ".join(f"{i['what']}@{i['t']}s" for i in r.infractions[:3]) or "low score"
-            print(f"  low: {r.family} seed {r.seed}: ds={r.score.ds if r.score else 0:.2f} ({why})")
-    ds = sum(r["ds"] * r["episodes"] for r in rows) / sum(r["episodes"] for r in rows)
-    coll = sum(r["collisions_at_fault"] for r in rows) / max(len(results), 1) * 100
-    _result(ds=ds, expert_ds=ds, episodes=len(results), collisions=coll, errors=sum(r["errors"] for r in rows))
+    cfg = EvalConfig(policies, families, seeds, a.workers, a.ray_address, a.gallery, a.data)
+    with _progress() as bar:
+
+        def progress(description: str, total: int):
+            task = bar.add_task(description, total=total)
+            return lambda: bar.advance(task)
+
+        summary = evaluate(cfg, out, progress)
+    console = Console(width=160)
+    for name, pol in summary["policies"].items():
+        _print_table(console, pol["families"], f"{name}: Drive Score, seeds {seeds[0]}–{seeds[-1]}")
+    _print_summary(console, summary)
+    report = write_report(out)
+    print(f"report: {report}")
+    expert = summary["policies"]["expert"]
+    name = next((n for n in summary["policies"] if n != "expert"), "expert")
+    pol = summary["policies"][name]
+    ol = pol.get("open_loop", {})
+    _result(
+        policy=name,
+        ds=pol["ds"],
+        expert_ds=expert["ds"],
+        ds_ratio=pol["ds_ratio"] if pol["ds_ratio"] is not None else 1.0,
+        heldout_layout_ds=pol["heldout_layout_ds"] if pol["heldout_layout_ds"] is not None else float("nan"),
+        collisions=pol["collisions"],
+        episodes=pol["episodes"],
+        errors=pol["errors"],
+        **{k: float(ol[k]) for k in OPEN_LOOP_RESULT if k in ol},
+    )
     return 0
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+
+
+def _print_summary(console, summary: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"closed loop, seeds {summary['seeds'][0]}–{summary['seeds'][1]}")
+    for col in ("policy", "DS", "DS / expert", "held-out layout DS", "coll./100 eps", "completion", "errors", "ADE"):
+        t.add_column(col, justify="right")
+    for name, p in summary["policies"].items():
+        t.add_row(
+            name,
+            _fmt(p["ds"]),
+            _fmt(p["ds_ratio"]),
+            _fmt(p["heldout_layout_ds"]),
+            f"{p['collisions']:.1f}",
+            f"{p['route_completion']:.2f}",
+            str(p["errors"]),
+            _fmt(p.get("open_loop", {}).get("ade")),
+        )
+    console.print(t)
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.3f}"
 
 
 def _print_table(console, rows: list[dict], title: str) -> None:
@@ -212,12 +226,6 @@ def _print_table(console, rows: list[dict], title: str) -> None:
             f"{r['route_completion']:.2f}",
         )
     console.print(t)
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
 
 
 def cmd_train(a: argparse.Namespace) -> int:
@@ -249,7 +257,12 @@ def cmd_train(a: argparse.Namespace) -> int:
         policy = WorldDrivePolicy.from_pretrained(saved, world_model=_world_model(a, saved_config))
         policy.train()
     else:
-        overrides = {"action_expert": a.action_expert, "wm_heads": heads}
+        overrides = {
+            "action_expert": a.action_expert,
+            "wm_heads": heads,
+            "backbone": a.backbone,
+            "instruction_encoder": a.instruction_encoder,
+        }
         if a.lambda_wm is not None:
             overrides["lambda_wm"] = a.lambda_wm
         config = PolicyConfig.preset(a.config, **overrides)
@@ -282,11 +295,18 @@ def cmd_train(a: argparse.Namespace) -> int:
         return 0
     keys = {k: v for k, v in res.items() if k in ("loss", "action_loss", "val_loss", "val_action_loss")}
     print(f"trained {res['step']} steps in {time.time() - t0:.0f} s; policy in {saved}")
+    metrics = {}
+    if a.open_loop_samples and len(val_ds):
+        from worlddrive.eval.open_loop import open_loop_metrics
+
+        metrics = open_loop_metrics(policy, val_ds, a.open_loop_samples, reason_samples=min(64, a.open_loop_samples))
+        print("open loop on the val split: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
     _result(
         **{k: float(v) for k, v in keys.items()},
         steps=int(res["step"]),
         skipped=int(res["skipped"]),
         samples_per_s=float(res["samples_per_s"]),
+        **{k: metrics[k] for k in OPEN_LOOP_RESULT if k in metrics},
     )
     return 0
 
@@ -317,48 +337,89 @@ def cmd_train_tokenizer(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from worlddrive.sim.bench import bench_sim
+    if a.what == "sim":
+        from worlddrive.sim.bench import bench_sim
 
-    if a.what != "sim":
-        raise SystemExit(f"error: unknown benchmark {a.what!r}; available: sim")
-    res = bench_sim(seconds=a.seconds)
+        res = bench_sim(seconds=a.seconds)
+    else:
+        from worlddrive.models.bench import bench_train
+
+        heads = tuple(h for h in a.wm.split(",") if h)
+        res = bench_train(a.config, a.batch_size, a.seconds, heads, a.bf16, a.data, a.threads)
+        if a.data is None:
+            print("model only: synthetic batches (example_batch, texts at full length), no data loading")
     for k, v in res.items():
-        print(f"{k:28s} {v:10.1f}")
+        print(f"{k:32s} {v:12.6g}")
     _result(**res)
     return 0
 
 
+def cmd_experiment(a: argparse.Namespace) -> int:
+    from worlddrive.experiment import AblationConfig, ablation
+
+    out = _writable_dir(Path(a.out))
+    cfg = AblationConfig(
+        data=a.data,
+        variants=[v for v in a.variants.split(",") if v],
+        fractions=[float(f) for f in a.fractions.split(",") if f],
+        seeds=[int(s) for s in a.seeds.split(",") if s],
+        config=a.config,
+        max_steps=a.max_steps,
+        batch_size=a.batch_size,
+        families=_families(a.families),
+        eval_seeds=_seed_range(a.eval_seeds) if a.eval_seeds else _default_eval_seeds(a.episodes),
+        workers=a.workers,
+        vq_steps=a.vq_steps,
+    )
+    with _progress() as bar:
+
+        def progress(description: str, total: int):
+            task = bar.add_task(description, total=total)
+            return lambda: bar.advance(task)
+
+        result = ablation(cfg, out, main, progress)
+    print((out / "ablation.md").read_text())
+    print(f"table: {out / 'ablation.md'}, plot: {out / 'ablation.png'}, report: {out / 'eval' / 'report.html'}")
+    rows = result["rows"]
+    _result(runs=len(rows), expert_ds=result["expert_ds"], best_ds=max(r["ds"] for r in rows))
+    return 0
+
+
+def _default_eval_seeds(episodes: int) -> list[int]:
+    from worlddrive.eval.closed_loop import eval_seeds
+
+    if episodes <= 0:
+        raise SystemExit(f"error: --episodes must be positive, got {episodes}")
+    return eval_seeds(episodes)
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
-    """The main job (for now): generate a small dataset, drive the expert to a GIF, score the expert per family."""
+    """The main job: generate a dataset, train the VLA with and without the world model, evaluate both in closed
+    loop against the expert and two lower bounds, and write the report."""
     out = _writable_dir(Path(a.out))
     t0 = time.time()
+    data, runs, w = str(out / "data"), out / "runs", str(a.workers)
+    train = ["train", "--config", a.config, "--data", data, "--max-steps", str(a.train_steps), "--seed", "0"]
     steps = [
-        [
-            "generate",
-            "--families",
-            DEMO_FAMILIES,
-            "--episodes",
-            str(a.episodes),
-            "--seed",
-            "0",
-            "--out",
-            str(out / "data"),
-            "--workers",
-            str(a.workers),
-        ],
-        ["dataset", "validate", str(out / "data")],
-        ["dataset", "show", str(out / "data"), "--out", str(out / "contact_sheet.png")],
-        ["drive", "--policy", "expert", "--family", "urban_mixed", "--seed", "3", "--out", str(out / "drive.gif")],
+        ["generate", "--families", DEMO_FAMILIES, "--episodes", str(a.episodes), "--out", data, "--workers", w],
+        ["dataset", "validate", data],
+        ["dataset", "show", data, "--out", str(out / "contact_sheet.png")],
+        [*train, "--out", str(runs / "world_model"), "--wm", "frame,bev"],
+        [*train, "--out", str(runs / "action_only")],
         [
             "eval",
             "--policy",
-            "expert",
+            f"{runs / 'world_model'},{runs / 'action_only'},constant-velocity,idm",
             "--families",
             DEMO_FAMILIES + ",heldout_city",
             "--episodes",
             str(a.eval_episodes),
             "--workers",
-            str(a.workers),
+            w,
+            "--data",
+            data,
+            "--gallery",
+            "2",
             "--out",
             str(out / "eval"),
         ],
@@ -369,7 +430,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
         if code:
             print(f"demo step failed: worlddrive {' '.join(argv)}", file=sys.stderr)
             return code
-    print(f"\ndemo finished in {time.time() - t0:.0f} s; outputs in {out}/ (drive.gif, contact_sheet.png, eval/)")
+    print(f"\ndemo finished in {time.time() - t0:.0f} s; report: {out / 'eval' / 'report.html'}")
     return 0
 
 
@@ -398,20 +459,27 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_dataset)
 
     v = sub.add_parser("drive", help="drive one episode and write a GIF (camera, BEV, plan, reasoning)")
-    v.add_argument("--policy", default="expert")
+    v.add_argument("--policy", default="expert", help="expert, idm, constant-velocity, builtin, or a RUN folder")
     v.add_argument("--family", default="urban_mixed")
     v.add_argument("--seed", type=int, default=3)
     v.add_argument("--out", default="drive.gif")
     v.add_argument("--every", type=int, default=2, help="keep every n-th 10 Hz step in the GIF")
     v.set_defaults(fn=cmd_drive)
 
-    e = sub.add_parser("eval", help="closed-loop Drive Score per family on held-out seeds")
-    e.add_argument("--policy", default="expert")
+    e = sub.add_parser("eval", help="closed-loop Drive Score per family on held-out seeds, with a report")
+    e.add_argument(
+        "--policy",
+        default="builtin",
+        help="comma-separated: builtin, RUN folders, constant-velocity, idm (the expert always drives too)",
+    )
     e.add_argument("--families", default=DEMO_FAMILIES + ",heldout_city")
     e.add_argument("--episodes", type=int, default=20)
     e.add_argument("--seeds", default=None, help="A-B replaces the default held-out seed list")
     e.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
     e.add_argument("--out", default="out/eval")
+    e.add_argument("--ray-address", default=None)
+    e.add_argument("--gallery", type=int, default=3, help="GIFs of each policy's worst episodes")
+    e.add_argument("--data", default=None, help="a dataset whose val split gives open-loop metrics")
     e.set_defaults(fn=cmd_eval)
 
     t = sub.add_parser("train", help="train the VLA policy (resumable; runs under torchrun for DDP)")
@@ -422,11 +490,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lambda-wm", type=float, default=None)
     t.add_argument("--vq", default=None, help="VQ tokenizer folder (needed by the vq head)")
     t.add_argument("--action-expert", default="query", choices=["query", "flow", "ar"])
+    t.add_argument("--backbone", default="native", help="native, or hf:<model name or path to a config.json>")
+    t.add_argument("--instruction-encoder", default="bpe", choices=["bpe", "minilm"])
     t.add_argument("--data-fraction", type=float, default=1.0)
     t.add_argument("--max-steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=1e-3)
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--open-loop-samples", type=int, default=256, help="val samples scored after training (0: none)")
     t.set_defaults(fn=cmd_train)
 
     k = sub.add_parser("train-tokenizer", help="train the VQ image tokenizer of the `vq` world-model head")
@@ -438,12 +509,37 @@ def build_parser() -> argparse.ArgumentParser:
     k.set_defaults(fn=cmd_train_tokenizer)
 
     b = sub.add_parser("bench", help="speed benchmarks")
-    b.add_argument("what", choices=["sim"])
+    b.add_argument("what", choices=["sim", "train"])
     b.add_argument("--seconds", type=float, default=5.0, help="rough time budget per measurement")
+    b.add_argument("--config", default="small", help="train: policy preset, tiny, small or base")
+    b.add_argument("--batch-size", type=int, default=16, help="train")
+    b.add_argument("--wm", default="", help="train: world-model heads, comma separated: frame,bev")
+    b.add_argument("--bf16", action="store_true", help="train: also measure under bfloat16 autocast")
+    b.add_argument("--data", default=None, help="train: a dataset folder, read as training does (else model only)")
+    b.add_argument("--threads", type=int, default=None, help="train: torch threads (default: torch's)")
     b.set_defaults(fn=cmd_bench)
 
-    m = sub.add_parser("demo", help="the main job: data, a drive GIF and the expert's Drive Score table")
+    x = sub.add_parser("experiment", help="experiments made of the other commands; `ablation`: does the WM pay?")
+    x.add_argument("name", choices=["ablation"])
+    x.add_argument("--data", required=True)
+    x.add_argument("--out", default="out/ablation")
+    x.add_argument("--variants", default="action_only,vq,frame,bev,all")
+    x.add_argument("--fractions", default="0.25,0.5,1")
+    x.add_argument("--seeds", default="0,1", help="training seeds, comma separated")
+    x.add_argument("--config", default="small")
+    x.add_argument("--max-steps", type=int, default=600)
+    x.add_argument("--batch-size", type=int, default=16)
+    x.add_argument("--vq-steps", type=int, default=400)
+    x.add_argument("--families", default=DEMO_FAMILIES + ",heldout_city")
+    x.add_argument("--episodes", type=int, default=10, help="evaluation episodes per family")
+    x.add_argument("--eval-seeds", default=None, help="A-B replaces the default held-out seed list")
+    x.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
+    x.set_defaults(fn=cmd_experiment)
+
+    m = sub.add_parser("demo", help="the main job: data, VLA with and without world model, closed loop, report")
     m.add_argument("--out", default="out/demo")
+    m.add_argument("--config", default="small")
+    m.add_argument("--train-steps", type=int, default=300)
     m.add_argument("--episodes", type=int, default=2, help="training episodes per family")
     m.add_argument("--eval-episodes", type=int, default=4, help="evaluation episodes per family")
     m.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))

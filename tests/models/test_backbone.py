@@ -1,15 +1,40 @@
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
-from worlddrive.models import Backbone, Layout, PolicyConfig, VisionEncoder
+from worlddrive.models import Layout, PolicyConfig, VisionEncoder
+from worlddrive.models.backbone import PrefixLM, make_backbone
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CONFIG = PolicyConfig.preset("tiny")
 LENGTHS = {"visual": 4, "state": 1, "instruction": 3, "reasoning": 5, "action": 2}
+# a 2-layer Llama of the tiny preset's width: rotary positions and grouped-query attention, unlike our blocks
+TINY_LLAMA = {
+    "model_type": "llama",
+    "hidden_size": CONFIG.d_model,
+    "intermediate_size": 2 * CONFIG.d_model,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 8,
+}
+
+
+@pytest.fixture(params=["native", "hf"])
+def backbone(request: pytest.FixtureRequest, tmp_path: Path) -> PrefixLM:
+    """Every backbone must keep the same rules: the native one and a Hugging Face decoder."""
+    spec = "native"
+    if request.param == "hf":
+        (tmp_path / "config.json").write_text(json.dumps(TINY_LLAMA))
+        spec = f"hf:{tmp_path / 'config.json'}"
+    torch.manual_seed(0)
+    return make_backbone(PolicyConfig.preset("tiny", backbone=spec)).eval()
 
 
 def segments(B: int = 2, lengths: dict[str, int] = LENGTHS) -> dict[str, torch.Tensor]:
@@ -35,8 +60,7 @@ def test_attention_mask_rules() -> None:
     assert m[a, prefix].all() and m[a, a].all() and not m[a, r].any()  # actions do not read the reasoning
 
 
-def test_forward_shapes_and_padding_is_ignored() -> None:
-    backbone = Backbone(CONFIG).eval()
+def test_forward_shapes_and_padding_is_ignored(backbone: PrefixLM) -> None:
     x = segments()
     valid = {"instruction": torch.tensor([[True, True, False], [True, False, False]])}
     hidden, layout = backbone(x, valid)
@@ -49,8 +73,15 @@ def test_forward_shapes_and_padding_is_ignored() -> None:
     torch.testing.assert_close(hidden[:, keep], hidden2[:, keep])
 
 
-def test_action_hidden_does_not_depend_on_the_reasoning_slot() -> None:
-    backbone = Backbone(CONFIG).eval()
+def test_batch_padding_does_not_move_a_sample(backbone: PrefixLM) -> None:
+    x = segments(B=1)
+    padded, layout = backbone(x, {"instruction": torch.tensor([[True, True, False]])})
+    trimmed, layout2 = backbone({**x, "instruction": x["instruction"][:, :2]}, {})
+    for name in ("reasoning", "action"):  # positions count valid tokens, so the padding column shifts nothing
+        torch.testing.assert_close(padded[:, layout[name]], trimmed[:, layout2[name]])
+
+
+def test_action_hidden_does_not_depend_on_the_reasoning_slot(backbone: PrefixLM) -> None:
     x = segments()
     with_reasoning, layout = backbone(x, {})
     without = {k: v for k, v in x.items() if k != "reasoning"}
@@ -58,8 +89,7 @@ def test_action_hidden_does_not_depend_on_the_reasoning_slot() -> None:
     torch.testing.assert_close(with_reasoning[:, layout["action"]], no_reasoning[:, layout2["action"]])
 
 
-def test_kv_cache_steps_match_the_full_sequence() -> None:
-    backbone = Backbone(CONFIG).eval()
+def test_kv_cache_steps_match_the_full_sequence(backbone: PrefixLM) -> None:
     x = segments()
     full, layout = backbone(x, {})
     prefix = {k: v[:, :2] if k == "reasoning" else v for k, v in x.items() if k != "action"}

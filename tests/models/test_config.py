@@ -4,7 +4,7 @@ import pytest
 
 from worlddrive.models import PRESETS, PolicyConfig
 from worlddrive.models.action import EXPERTS
-from worlddrive.models.config import ACTION_EXPERTS
+from worlddrive.models.config import ACTION_EXPERTS, ADDED_FIELDS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -44,6 +44,9 @@ def test_unknown_override_is_named() -> None:
         ({"lambda_lang": -1.0}, "lambda_lang"),
         ({"device": "tpu"}, "device"),
         ({"past_frames": 5}, "past_frames"),
+        ({"backbone": "llama"}, "backbone='llama'"),
+        ({"backbone": "hf:"}, "backbone='hf:'"),
+        ({"instruction_encoder": "bert"}, "instruction_encoder='bert'"),
     ],
 )
 def test_bad_values_name_the_field(overrides: dict, field: str) -> None:
@@ -56,6 +59,18 @@ def test_from_dict_names_unknown_and_missing_keys() -> None:
     del data["n_layers"]
     data["n_layerz"] = 2
     with pytest.raises(ValueError, match=r"unknown keys \['n_layerz'\], missing \['n_layers'\]"):
+        PolicyConfig.from_dict(data)
+
+
+def test_an_older_checkpoint_gets_the_only_backbone_and_instruction_encoder_there_were() -> None:
+    data = PolicyConfig.preset("tiny", backbone="hf:/x/config.json", instruction_encoder="minilm").to_dict()
+    assert PolicyConfig.from_dict(data).hf_source == "/x/config.json"  # recorded, round trips
+    for name in ADDED_FIELDS:
+        del data[name]
+    config = PolicyConfig.from_dict(data)
+    assert (config.backbone, config.instruction_encoder, config.hf_source) == ("native", "bpe", None)
+    del data["n_layers"]  # any other missing key is still named
+    with pytest.raises(ValueError, match=r"missing \['n_layers'\]"):
         PolicyConfig.from_dict(data)
 
 

@@ -130,6 +130,14 @@ def test_unknown_config_key_is_named(checkpoint: Path) -> None:
         WorldDrivePolicy.from_pretrained(checkpoint)
 
 
+def test_a_checkpoint_older_than_the_backbone_options_loads(checkpoint: Path) -> None:
+    config = json.loads((checkpoint / CONFIG_FILE).read_text())
+    del config["backbone"], config["instruction_encoder"]
+    (checkpoint / CONFIG_FILE).write_text(json.dumps(config))
+    loaded = WorldDrivePolicy.from_pretrained(checkpoint)
+    assert (loaded.config.backbone, loaded.config.instruction_encoder) == ("native", "bpe")
+
+
 def test_missing_and_extra_tensors_are_named(checkpoint: Path) -> None:
     tensors = load_file(checkpoint / MODEL_FILE)
     del tensors["lm_head.weight"]

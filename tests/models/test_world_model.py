@@ -13,7 +13,7 @@ from torch.utils.data import default_collate
 from worlddrive.data.dataset import WorldDriveDataset
 from worlddrive.data.generate import generate
 from worlddrive.models.vq import VQConfig, VQTokenizer
-from worlddrive.models.world_model import OCCUPANCY_CHANNELS, Raster, WorldModel, iou, warp
+from worlddrive.models.world_model import OCCUPANCY_CHANNELS, Raster, WorldModel, iou, reframe, warp
 from worlddrive.sim.camera import BEV_CHANNELS, BevConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/models/conftest.py: tiny models, busy cores
@@ -164,6 +164,19 @@ def test_warp_follows_the_bev_conventions() -> None:
     now[0, 0, 96 - 40, 64 - 10] = 1.0
     out = warp(now, full, torch.tensor([[[10.0, 2.0, math.pi / 2]]]), full)[0, 0, 0]  # (H, W)
     assert out.argmax().item() == 90 * 128 + 84 and out.max().item() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_reframe_moves_a_map_from_one_pose_to_another() -> None:
+    """A mark 20 m ahead and 5 m left of pose (10, 0, facing +y) is at (5, 20) now; from pose (12, 2, facing -x) it
+    lies 7 m ahead and 18 m to the right: pixel (96 - 7 / 0.5, 64 + 18 / 0.5) with the ego at (96, 64), 0.5 m/px."""
+    full = Raster.of_bev(BevConfig(), (128, 128))
+    maps = torch.zeros(2, 1, 128, 128)
+    maps[:, 0, 96 - 40, 64 - 10] = 1.0
+    src = torch.tensor([[10.0, 0.0, math.pi / 2], [10.0, 0.0, math.pi / 2]])
+    dst = torch.tensor([[12.0, 2.0, math.pi], [10.0, 0.0, math.pi / 2]])
+    out = reframe(maps, full, src, dst)[:, 0]  # (2, H, W)
+    assert out[0].argmax().item() == 82 * 128 + 100 and out[0].max().item() == pytest.approx(1.0, abs=1e-4)
+    torch.testing.assert_close(out[1], maps[1, 0], rtol=0, atol=1e-6)  # the same pose: unchanged
 
 
 def test_tokenizer_stays_frozen_and_outside_the_module(vq_tokenizer: VQTokenizer, batch: dict) -> None:

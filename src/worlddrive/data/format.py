@@ -37,6 +37,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MAX_AGENTS, PAST, EpisodeRecord
+from worlddrive.fileio import write_json_atomic
 from worlddrive.sim.state import EGO_SPEED, LIGHT_NAMES
 from worlddrive.sim.vehicle import DT
 
@@ -199,16 +200,6 @@ def merge_stats(parts: list[dict[str, dict]]) -> dict[str, Any]:
             "max": np.max([p["max"] for p in ps], 0).tolist(),
         }
     return out
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write via a temporary file and os.replace; leave the file alone (mtime too) if the content is unchanged."""
-    text = json.dumps(obj, indent=2) + "\n"
-    if path.is_file() and path.read_text() == text:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def write_metadata(root: Path, generator: dict[str, Any]) -> dict[str, Any]:

@@ -10,17 +10,11 @@ With a Ray address the same shard tasks go to a cluster; the output folder must 
 
 from __future__ import annotations
 
-import ctypes
 import json
-import multiprocessing
-import os
 import shutil
-import signal
-import sys
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,11 +23,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from worlddrive.data.format import PARTIAL, SHARDS, open_shard, shard_paths, write_metadata, write_shard
 from worlddrive.data.record import EpisodeRecord, record_episode
+from worlddrive.parallel import run_jobs
 from worlddrive.sim.camera import BevConfig, CameraConfig
 from worlddrive.sim.scenarios import FAMILIES
 
 RecordFn = Callable[..., EpisodeRecord]  # (family, seed, camera=..., bev=...) -> EpisodeRecord
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 @dataclass(frozen=True)
@@ -172,53 +166,4 @@ def _run_with_progress(todo: list[ShardJob], total: int, workers: int, ray_addre
             samples += result[1]
             bar.update(task, advance=result[0], rate=f"{samples / (time.perf_counter() - start):.0f} samples/s")
 
-        if ray_address is not None:
-            _run_ray(todo, ray_address, done)
-        else:
-            _run_local(todo, workers, done)
-
-
-def _run_local(jobs: list[ShardJob], workers: int, done: Callable[[tuple[int, int]], None]) -> None:
-    if workers == 1 or len(jobs) <= 1:
-        for job in jobs:
-            done(run_job(job))
-        return
-    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no SUMO or zarr state copied by fork
-    with ProcessPoolExecutor(
-        min(workers, len(jobs)), mp_context=ctx, initializer=_die_with_parent, initargs=(os.getpid(),)
-    ) as pool:
-        futures = [pool.submit(run_job, job) for job in jobs]
-        try:
-            for future in as_completed(futures):
-                done(future.result())
-        except BaseException:
-            pool.shutdown(cancel_futures=True)  # shards in flight still finish; queued ones do not start
-            raise
-
-
-def _die_with_parent(parent: int) -> None:
-    """Pool initializer: have Linux kill this worker when the parent dies, so a killed run leaves no writer behind."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(1)
-
-
-def _run_ray(jobs: list[ShardJob], address: str, done: Callable[[tuple[int, int]], None]) -> None:
-    """The same jobs as Ray tasks of one CPU each; joins a running Ray if there is one, else starts/connects."""
-    import ray  # imported here: slow to import and only needed for clusters
-
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address=address)
-    task = ray.remote(num_cpus=1)(run_job)
-    pending = [task.remote(job) for job in jobs]
-    try:
-        while pending:
-            ready, pending = ray.wait(pending, num_returns=1)
-            done(ray.get(ready[0]))
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
-        if started:
-            ray.shutdown()
+        run_jobs(run_job, todo, done, workers, ray_address)

@@ -1,47 +1,26 @@
 """Closed-loop episodes: a driver acts in the reactive world, the infraction tracker scores every step.
 
-A driver is anything with `reset(world)` and `act(state) -> DriverOutput`; the expert is one, learned policies (later)
-are others. Progress (EP) is measured against the expert's progress on the same (family, seed).
+A driver (eval/drivers.py) is anything with `reset(world)` and `act(state) -> ExpertOutput`. Progress (EP) is
+measured against the expert's progress on the same (family, seed), so the expert's episodes run first.
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import traceback
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 
+from worlddrive.eval.drivers import Driver, ExpertDriver, make_driver
 from worlddrive.eval.metrics import DriveScore, InfractionTracker
-from worlddrive.sim.expert import Expert, ExpertOutput
+from worlddrive.parallel import run_jobs
+from worlddrive.sim.expert import ExpertOutput
 from worlddrive.sim.scenarios import make_family
 from worlddrive.sim.state import WorldState
 from worlddrive.sim.vehicle import DT
 from worlddrive.sim.world import World
-
-
-class Driver(Protocol):
-    def reset(self, world: World) -> None: ...
-
-    def act(self, state: WorldState) -> ExpertOutput: ...
-
-
-class ExpertDriver:
-    """The privileged expert as a driver; `plan=True` also rolls out its 4 s plan every step (for drawing)."""
-
-    name = "expert"
-
-    def __init__(self, plan: bool = False):
-        self.plan = plan
-
-    def reset(self, world: World) -> None:
-        self.expert = Expert(world)
-
-    def act(self, state: WorldState) -> ExpertOutput:
-        return self.expert.act(state, plan=self.plan)
 
 
 @dataclass
@@ -61,6 +40,13 @@ class EpisodeResult:
         d.update({f"score_{k}": v for k, v in (self.score.as_dict() if self.score else {}).items()})
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> EpisodeResult:
+        """Inverse of `as_dict` (extra keys, such as an evaluation's driver spec, are ignored)."""
+        score = {k.removeprefix("score_"): v for k, v in d.items() if k.startswith("score_")}
+        own = {k: d[k] for k in cls.__dataclass_fields__ if k != "score"}
+        return cls(**own, score=DriveScore(**score) if score else None)
+
 
 def run_episode(
     family: str,
@@ -76,7 +62,7 @@ def run_episode(
     spec = make_family(family, family_config).make(seed)
     world = World(spec)
     tracker = InfractionTracker(world.net.road, dt=DT)
-    steps, notes = 0, []
+    steps, notes, prev = 0, [], None
     try:
         state = world.reset()
         driver.reset(world)
@@ -89,7 +75,8 @@ def run_episode(
             state = world.step(out.accel, out.steer)
             steps += 1
             inf = tracker.update(state)
-            notes += _notable(inf, state.t)
+            notes += _notable(inf, prev, state.t)
+            prev = inf
             if world.ego_s >= world.route.length - 5.0:
                 break
     except Exception:  # a crashing driver is a failed episode, recorded with its traceback; the run goes on
@@ -119,10 +106,14 @@ def run_episode(
     )
 
 
-def _notable(inf, t: float) -> list[dict]:
+def _notable(inf, prev, t: float) -> list[dict]:
+    """This step's collisions and rule violations, and the first step of each off-road or over-speed stretch."""
     out = [{"t": round(t, 1), "what": f"collision_{c.kind}", "with": c.other_id} for c in inf.collisions]
     for flag in ("red_light", "stop_sign_violation", "pedestrian_yield_violation"):
         if getattr(inf, flag):
+            out.append({"t": round(t, 1), "what": flag})
+    for flag in ("offroad", "over_speed"):
+        if getattr(inf, flag) and not (prev is not None and getattr(prev, flag)):
             out.append({"t": round(t, 1), "what": flag})
     return out
 
@@ -134,17 +125,40 @@ def eval_seeds(episodes: int, first: int = EVAL_SEED_BASE) -> list[int]:
     return list(range(first, first + episodes))
 
 
-def _expert_episode(job: tuple[str, int]) -> EpisodeResult:
-    return run_episode(*job)
+@dataclass(frozen=True)
+class EpisodeJob:
+    driver: str  # a make_driver spec: expert, idm, constant-velocity, builtin or a checkpoint path
+    family: str
+    seed: int
+    expert_progress_m: float | None = None
+    threads: int = 0  # torch threads of a learned driver; 0 leaves torch's default
 
 
-def run_expert_episodes(jobs: list[tuple[str, int]], workers: int = 1) -> Iterator[EpisodeResult]:
-    """Expert episodes over (family, seed) jobs, in order of completion; one libsumo per worker process."""
-    if workers <= 1:
-        yield from map(_expert_episode, jobs)
-        return
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        yield from pool.map(_expert_episode, jobs, chunksize=1)
+_drivers: dict[str, Driver] = {}  # per worker process: a policy is loaded once, not once per episode
+
+
+def run_job(job: EpisodeJob) -> EpisodeResult:
+    """One episode in this process; a driver that fails to load is a failed episode with its traceback too."""
+    if job.driver not in _drivers:
+        if job.threads:
+            import torch
+
+            torch.set_num_threads(job.threads)
+        try:
+            _drivers[job.driver] = make_driver(job.driver)
+        except Exception:
+            return EpisodeResult(job.family, job.seed, job.driver, None, 0.0, 0.0, 0, error=traceback.format_exc())
+    return run_episode(job.family, job.seed, _drivers[job.driver], job.expert_progress_m)
+
+
+def run_episodes(
+    jobs: list[EpisodeJob],
+    done: Callable[[EpisodeResult], Any],
+    workers: int = 1,
+    ray_address: str | None = None,
+) -> None:
+    """`done(result)` for every job, in order of completion, on a process pool (one libsumo per worker) or Ray."""
+    run_jobs(run_job, jobs, done, workers, ray_address)
 
 
 def family_table(results: list[EpisodeResult]) -> list[dict]:

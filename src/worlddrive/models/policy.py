@@ -4,7 +4,9 @@ into one network, with the LeRobot-style policy API and checkpoint layout.
 Training: `forward(batch) -> (loss, logs)` on a batch from `collate`, L = L_action + lambda_wm L_wm + lambda_lang
 L_lang. Driving: `reset()` at an episode start, then `select_action(obs)` once per env step (10 Hz): the policy keeps
 the frames and poses it needs for the past, as the dataset's samples hold them. Checkpoints are a folder of
-config.json, model.safetensors, tokenizer.json and stats.json, written atomically and never pickled.
+config.json, model.safetensors, tokenizer.json and stats.json (and backbone_config.json, the Hugging Face config of
+an hf backbone, so that the checkpoint does not depend on where that config was), written atomically and never
+pickled.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MAX_AGENTS, PAST
 from worlddrive.models.action import make_action_expert
-from worlddrive.models.backbone import Backbone, Layout
+from worlddrive.models.backbone import Layout, make_backbone
 from worlddrive.models.config import PolicyConfig
+from worlddrive.models.sentence import MINILM_DIM, minilm
 from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_tokenizer
 from worlddrive.models.vision import VisionEncoder
 from worlddrive.sim.camera import BEV_CHANNELS, BevConfig, CameraConfig
@@ -38,6 +41,7 @@ if TYPE_CHECKING:
     from worlddrive.data.dataset import WorldDriveDataset
 
 CONFIG_FILE, MODEL_FILE, STATS_FILE = "config.json", "model.safetensors", "stats.json"
+BACKBONE_FILE = "backbone_config.json"  # hf backbones only
 CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, STATS_FILE)
 STATE_FEATURES = 4 + 3 * PAST  # speed, acceleration, steering, yaw rate; past poses (x, y, yaw)
 STD_FLOOR = 1e-2  # metres / radians: a coordinate that never varies in the data is not blown up by its ~0 std
@@ -77,9 +81,11 @@ class WorldDrivePolicy(nn.Module):
         tokenizer: TextTokenizer,
         stats: dict[str, Any],
         world_model: nn.Module | None = None,
+        backbone_config: str | Path | None = None,
     ):
         """`world_model`: the heads of config.wm_heads, built by the caller when they need more than the config
-        (the `vq` head needs a trained VQ tokenizer); by default `WorldModel(d_model, wm_heads)`."""
+        (the `vq` head needs a trained VQ tokenizer); by default `WorldModel(d_model, wm_heads)`.
+        `backbone_config`: for an hf backbone, a config.json to use instead of the one config.backbone names."""
         super().__init__()
         if tokenizer.vocab_size > config.vocab_size:
             raise ValueError(f"tokenizer has {tokenizer.vocab_size} symbols, more than vocab_size={config.vocab_size}")
@@ -91,10 +97,15 @@ class WorldDrivePolicy(nn.Module):
         self.state = nn.Linear(STATE_FEATURES, d)
         self.command = nn.Embedding(len(COMMANDS), d)
         self.token_embedding = nn.Embedding(config.vocab_size, d)
-        self.instruction_pos = nn.Parameter(0.02 * torch.randn(config.max_instruction_tokens, d))
+        # minilm: the frozen MiniLM's token states projected to d; the encoder is a plain attribute, not a submodule
+        self.sentence_encoder = minilm() if config.instruction_encoder == "minilm" else None
+        if self.sentence_encoder is None:
+            self.instruction_pos = nn.Parameter(0.02 * torch.randn(config.max_instruction_tokens, d))
+        else:
+            self.instruction_proj = nn.Linear(MINILM_DIM, d)
         self.reasoning_pos = nn.Parameter(0.02 * torch.randn(config.max_reasoning_tokens, d))
         self.action_queries = nn.Parameter(0.02 * torch.randn(config.waypoints, d))
-        self.backbone = Backbone(config)
+        self.backbone = make_backbone(config, backbone_config)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.action_expert = make_action_expert(config)
         self.apply(_init_weights)
@@ -185,12 +196,20 @@ class WorldDrivePolicy(nn.Module):
         past = ((batch["past_trajectory"] - self.past_mean) / self.past_std).flatten(1)
         # acceleration, steering and yaw rate are O(1) in SI units already
         features = torch.cat([speed, ego[:, EGO_ACCEL : EGO_YAW_RATE + 1], past], dim=1)  # (B, STATE_FEATURES)
+        instruction, instruction_valid = self._instruction(batch)
         segments = {
             "visual": self.vision(batch["camera"]),  # (B, Nv, D)
             "state": (self.state(features) + self.command(batch["command"]))[:, None],  # (B, 1, D)
-            "instruction": self._text(batch["instruction_ids"], self.instruction_pos),  # (B, Ni, D)
+            "instruction": instruction,  # (B, Ni, D)
         }
-        return segments, {"instruction": batch["instruction_mask"]}
+        return segments, {"instruction": instruction_valid}
+
+    def _instruction(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The instruction segment (B, Ni, D) and its padding mask (B, Ni): BPE tokens, or MiniLM token states."""
+        if self.sentence_encoder is None:
+            return self._text(batch["instruction_ids"], self.instruction_pos), batch["instruction_mask"]
+        states, mask = self.sentence_encoder(batch["instruction"])  # (B, T, 384), (B, T)
+        return self.instruction_proj(states.to(self.device)), mask.to(self.device)
 
     def _text(self, ids: torch.Tensor, pos: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Token ids (B, T) at slot positions start ... start + T - 1 -> embeddings (B, T, D)."""
@@ -232,7 +251,7 @@ class WorldDrivePolicy(nn.Module):
         ids = torch.full((B, 1), tok.sep_id, dtype=torch.long, device=self.device)
         cache = self.backbone.new_cache() if use_cache else None
         hidden, _ = self.backbone({**segments, "reasoning": self._text(ids, self.reasoning_pos)}, valid, cache)
-        prefix_valid = F.pad(batch["instruction_mask"], (segments["visual"].shape[1] + 1, 0), value=True)
+        prefix_valid = F.pad(valid["instruction"], (segments["visual"].shape[1] + 1, 0), value=True)
         out, done = [], torch.zeros(B, dtype=torch.bool, device=self.device)
         for _ in range(max_tokens):
             next_id = self.lm_head(hidden[:, -1]).argmax(-1).masked_fill(done, tok.pad_id)  # (B,)
@@ -326,6 +345,8 @@ class WorldDrivePolicy(nn.Module):
         save_file(tensors, tmp / MODEL_FILE, metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
         (tmp / STATS_FILE).write_text(json.dumps(self.stats, indent=2) + "\n")
+        if self.config.hf_source is not None:
+            self.backbone.hf_config.to_json_file(tmp / BACKBONE_FILE)
         self.tokenizer.save(tmp)
         if directory.exists():
             os.replace(directory, old)
@@ -345,7 +366,13 @@ class WorldDrivePolicy(nn.Module):
             config = PolicyConfig.from_dict(_read_json(directory / CONFIG_FILE))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{directory / CONFIG_FILE}: {e}") from e
-        model = cls(config, TextTokenizer.load(directory), _read_json(directory / STATS_FILE), world_model)
+        backbone_config = None
+        if config.hf_source is not None:
+            backbone_config = directory / BACKBONE_FILE
+            if not backbone_config.is_file():
+                raise FileNotFoundError(f"checkpoint {directory} has an hf backbone but no {BACKBONE_FILE}")
+        tokenizer, stats = TextTokenizer.load(directory), _read_json(directory / STATS_FILE)
+        model = cls(config, tokenizer, stats, world_model, backbone_config)
         tensors = load_file(directory / MODEL_FILE)
         expected = model.state_dict()
         missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
@@ -409,8 +436,11 @@ class WorldDrivePolicy(nn.Module):
         if self._flops_per_sample is None:
             was_training = self.training
             self.eval()
+            batch = self.example_batch(1)
+            if self.sentence_encoder is not None:  # cached per text, so not a per-sample cost: encode before counting
+                self.sentence_encoder(batch["instruction"])
             with torch.random.fork_rng(), FlopCounterMode(display=False) as counter:
-                self(self.example_batch(1))
+                self(batch)
             self.train(was_training)
             self._flops_per_sample = 3.0 * counter.get_total_flops()
         return self._flops_per_sample

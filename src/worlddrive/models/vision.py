@@ -29,6 +29,9 @@ class VisionEncoder(nn.Module):
             nn.GELU(),
             nn.Conv2d(2 * c, d, config.patch_size // 4, stride=config.patch_size // 4),
         )
+        # channels_last (NHWC): oneDNN's convolutions, above all their backward passes, run faster on it than on
+        # NCHW, and the stem's output is then already in token order (a view, no copy)
+        self.stem.to(memory_format=torch.channels_last)
         h, w = config.grid
         self.pos = nn.Parameter(0.02 * torch.randn(1, d, h, w))  # patch position, shared by all frames
         self.time = nn.Parameter(0.02 * torch.randn(config.past_frames + 1, 1, d))  # frame age, oldest first
@@ -47,7 +50,7 @@ class VisionEncoder(nn.Module):
         x = camera.flatten(0, 1).float() / 127.5 - 1.0  # (B*T, 3, H, W) in [-1, 1]
         if tuple(x.shape[-2:]) != self.config.image_size:
             x = F.interpolate(x, size=self.config.image_size, mode="area")
-        x = self.stem(x) + self.pos  # (B*T, D, h, w)
+        x = self.stem(x.contiguous(memory_format=torch.channels_last)) + self.pos  # (B*T, D, h, w)
         x = x.unflatten(0, (B, T))  # (B, T, D, h, w)
         past = F.avg_pool2d(x[:, :-1].flatten(0, 1), self.config.past_pool)  # (B*(T-1), D, hp, wp)
         past = past.unflatten(0, (B, T - 1)).flatten(3).transpose(2, 3) + self.time[:-1]  # (B, T-1, hp*wp, D)

@@ -25,8 +25,8 @@ from torch.utils.data import DataLoader
 from vector_quantize_pytorch import VectorQuantize
 
 from worlddrive.data.dataset import WorldDriveDataset
-from worlddrive.data.format import write_json_atomic
 from worlddrive.data.record import PAST
+from worlddrive.fileio import write_json_atomic
 
 WEIGHTS, CONFIG = "vq.safetensors", "vq_config.json"
 

@@ -138,6 +138,16 @@ def warp(maps: torch.Tensor, src: Raster, poses: torch.Tensor, dst: Raster) -> t
     return out.unflatten(2, (K, dst.hw[0])).transpose(1, 2)  # (N, K, C, Hd, Wd)
 
 
+def reframe(maps: torch.Tensor, raster: Raster, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    """Maps laid out as `raster` in the frames of poses `src` -> the same maps in the frames of poses `dst`, both
+    (N, 3) x, y, yaw in one common frame: (N, C, H, W) -> (N, C, H, W); zero where `src`'s raster does not reach.
+    Lets a prediction made for one candidate be compared with rasters drawn at another (e.g. the true) trajectory."""
+    cos, sin = src[:, 2].cos(), src[:, 2].sin()
+    dx, dy = dst[:, 0] - src[:, 0], dst[:, 1] - src[:, 1]
+    rel = torch.stack([cos * dx + sin * dy, cos * dy - sin * dx, dst[:, 2] - src[:, 2]], -1)  # (N, 3): dst in src
+    return warp(maps, raster, rel[:, None], raster)[:, 0]
+
+
 class Scene(NamedTuple):
     """What `BevHead.decode` needs of a frame: future feature maps in today's ego frame and a summary vector."""
 
@@ -283,6 +293,28 @@ class WorldModel(nn.Module):
         occ, lights = self.decode(self.encode_scene(grid), trajectories)
         return occ.sigmoid(), lights.softmax(-1)
 
+    # The targets each head is trained on, shared by the losses and the open-loop evaluation so both score the same.
+
+    def vq_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The tokenizer's codes of the frame at +0.5 s, (B, h', w') long."""
+        return self.tokenizer.encode(batch["future_camera"][:, VQ_STEP])
+
+    def frame_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Frames at +0.5 ... +2 s averaged down to frame_hw, (B, 4, 3, Hf, Wf) in [0, 1]."""
+        frames = batch["future_camera"][:, :FRAME_STEPS].flatten(0, 1).float() / 255  # (B * T, 3, H, W)
+        return F.adaptive_avg_pool2d(frames, self.frame_hw).unflatten(0, (-1, FRAME_STEPS))
+
+    def occupancy_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Future vehicle / pedestrian occupancy at +0.5 ... +4 s in the true future ego frames, (B, 8, 2, Ho, Wo)
+        0 / 1 floats: a cell is occupied if any of its BEV pixels is."""
+        future = batch["future_bev"][:, :, OCCUPANCY_CHANNELS].float()  # (B, T, 2, Hb, Wb)
+        pooled = F.adaptive_max_pool2d(future.flatten(0, 1), self.bev_head.occ.hw)  # (B * T, 2, Ho, Wo)
+        return pooled.unflatten(0, future.shape[:2])
+
+    def light_targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The ego's next light at +0.5 ... +4 s as `LIGHTS` classes (the dataset's -1 ... 2 plus 1), (B, 8)."""
+        return batch["lights"][:, 1:] + 1
+
     def loss(self, grid: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted sum of the enabled heads' losses, and every term and metric as a float."""
         total, logs = grid.new_zeros(()), {}
@@ -295,15 +327,14 @@ class WorldModel(nn.Module):
         return total, logs
 
     def _vq_loss(self, grid: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        target = self.tokenizer.encode(batch["future_camera"][:, VQ_STEP])  # (B, h', w')
+        target = self.vq_targets(batch)  # (B, h', w')
         logits = self.vq_head(grid)  # (B, V, h', w')
         loss = F.cross_entropy(logits, target)
         acc = (logits.argmax(1) == target).float().mean()
         return loss, {"vq_ce": loss.item(), "vq_acc": acc.item()}
 
     def _frame_loss(self, grid: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-        frames = batch["future_camera"][:, :FRAME_STEPS].flatten(0, 1).float() / 255  # (B * T, 3, H, W)
-        target = F.adaptive_avg_pool2d(frames, self.frame_hw).unflatten(0, (-1, FRAME_STEPS))  # (B, T, 3, Hf, Wf)
+        target = self.frame_targets(batch)  # (B, T, 3, Hf, Wf)
         pred = self.frame_head(grid)  # (B, T, 3, Hf, Wf)
         loss = F.l1_loss(pred, target)
         with torch.no_grad():
@@ -314,9 +345,8 @@ class WorldModel(nn.Module):
     def _bev_loss(self, grid: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         occ, lights = self.decode(self.encode_scene(grid), batch["trajectory"][:, None])  # the expert as candidate
         occ, lights = occ[:, 0], lights[:, 0]  # (B, T, 2, Ho, Wo), (B, T, 4)
-        future = batch["future_bev"][:, :, OCCUPANCY_CHANNELS].float()  # (B, T, 2, Hb, Wb)
-        target = F.adaptive_max_pool2d(future.flatten(0, 1), self.bev_head.occ.hw).view_as(occ)  # any pixel in a cell
-        light_target = batch["lights"][:, 1:] + 1  # (B, T): +0.5 ... +4 s, classes of `LIGHTS`
+        target = self.occupancy_targets(batch)  # (B, T, 2, Ho, Wo)
+        light_target = self.light_targets(batch)  # (B, T)
         occ_loss = F.binary_cross_entropy_with_logits(occ, target)
         light_loss = F.cross_entropy(lights.flatten(0, 1), light_target.flatten())
         logs = {"bev_occ_bce": occ_loss.item(), "bev_light_ce": light_loss.item()}

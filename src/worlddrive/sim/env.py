@@ -88,12 +88,12 @@ class DriveEnv(gym.Env):
         self.expert = Expert(self.world)
         self.tracker = InfractionTracker(self.world.net.road, dt=DT)
         self.tracker.update(self.state)
-        self._text_rng = np.random.default_rng([episode_seed, 11])
-        self._turn: tuple[str, float | None] | None = None
-        self._instruction = ""
+        self.observer = Observer(
+            self.world, self.camera, self.bev, episode_seed, heldout_instructions=self.config["heldout_instructions"]
+        )
         self.steps = 0
         self._last_s = self.world.ego_s
-        return self._obs(), self._info(None)
+        return self.observer(self.state), self._info(None)
 
     def step(self, action):
         if self.world is None:
@@ -109,7 +109,7 @@ class DriveEnv(gym.Env):
         self._last_s = w.ego_s
         if inf.collisions or inf.offroad:
             reward -= 10.0
-        return self._obs(), reward, terminated, truncated, self._info(inf)
+        return self.observer(self.state), reward, terminated, truncated, self._info(inf)
 
     def render(self):
         return self.camera.render(self.state, self.world.net.road) if self.world is not None else None
@@ -137,31 +137,6 @@ class DriveEnv(gym.Env):
             raise ValueError(f"trajectory waypoints beyond {MAX_TRAJ_M} m: {action[:, :2].tolist()}")
         return self.controller(action, float(self.state.ego[EGO_SPEED]))
 
-    def _obs(self) -> dict[str, Any]:
-        st: WorldState = self.state
-        road = self.world.net.road
-        obs = {
-            "camera": self.camera.render(st, road),
-            "ego": st.ego.astype(np.float32),
-            "instruction": self._current_instruction(),
-            "command": COMMANDS.index(st.command),
-        }
-        if self.bev is not None:
-            obs["bev"] = self.bev.render(st, road)
-        return obs
-
-    def _current_instruction(self) -> str:
-        """Re-phrase only when the next turn on the route changes, as a navigator would."""
-        w = self.world
-        turn, dist = w.route.next_turn(w.ego_s)
-        key = (turn, None if dist is None else round(w.ego_s + dist, 1))  # the junction, not the distance to it
-        if key != self._turn:
-            self._turn = key
-            self._instruction = instruction(
-                turn, self._text_rng, heldout=self.config["heldout_instructions"], distance_m=dist
-            )
-        return self._instruction
-
     def _info(self, infractions) -> dict[str, Any]:
         w = self.world
         return {
@@ -172,3 +147,46 @@ class DriveEnv(gym.Env):
             "route_length_m": float(w.route.length),
             "episode_seed": w.spec.seed,
         }
+
+
+class Observer:
+    """What a driver sees of a `World`: the camera frame, optionally the BEV raster, the ego state, and the
+    navigator's instruction, re-phrased only when the next turn on the route changes (as a navigator would).
+
+    Shared by the env and the closed-loop evaluation, so a policy sees the same observations in both.
+    """
+
+    def __init__(
+        self,
+        world: World,
+        camera: FrontCamera,
+        bev: BevRenderer | None,
+        seed: int,
+        heldout_instructions: bool = False,
+    ):
+        self.world, self.camera, self.bev = world, camera, bev
+        self.heldout = heldout_instructions
+        self._rng = np.random.default_rng([seed, 11])
+        self._turn: tuple[str, float | None] | None = None
+        self._instruction = ""
+
+    def __call__(self, state: WorldState) -> dict[str, Any]:
+        road = self.world.net.road
+        obs = {
+            "camera": self.camera.render(state, road),
+            "ego": state.ego.astype(np.float32),
+            "instruction": self.instruction(),
+            "command": COMMANDS.index(state.command),
+        }
+        if self.bev is not None:
+            obs["bev"] = self.bev.render(state, road)
+        return obs
+
+    def instruction(self) -> str:
+        w = self.world
+        turn, dist = w.route.next_turn(w.ego_s)
+        key = (turn, None if dist is None else round(w.ego_s + dist, 1))  # the junction, not the distance to it
+        if key != self._turn:
+            self._turn = key
+            self._instruction = instruction(turn, self._rng, heldout=self.heldout, distance_m=dist)
+        return self._instruction

@@ -40,6 +40,7 @@ PROJECT_STRIDE = 8  # coarse step of the nearest-point search along the route wi
 START_ACCEL = 2.0  # m/s^2 assumed for a slow car that is pulling away
 WAIT_BREAK_S = 4.0  # s at a standstill after which standing cross traffic is assumed to wait for us
 STOP_DECEL = 1.6  # m/s^2: start a constant-deceleration stop when this much is needed
+RULES = frozenset({"vehicle", "light", "stop_sign", "pedestrian", "crossing_vehicle"})  # the Obstacle kinds
 
 
 @dataclass
@@ -64,9 +65,17 @@ class ExpertOutput:
 
 
 class Expert:
-    """Drives a `World` with privileged access to its route and map (no learning, no noise)."""
+    """Drives a `World` with privileged access to its route and map (no learning, no noise).
 
-    def __init__(self, world: World):
+    `obey`: the obstacle kinds it reacts to; all of them for the expert, only "vehicle" for the IDM lane-following
+    baseline (which then runs red lights, stop signs and pedestrians over: a lower bound, not a driver).
+    """
+
+    def __init__(self, world: World, obey: frozenset[str] = RULES):
+        unknown = set(obey) - RULES
+        if unknown:
+            raise ValueError(f"unknown rules {sorted(unknown)}; known: {sorted(RULES)}")
+        self.obey = frozenset(obey)
         self.world = world
         self.route: RoutePath = world.route
         self.limits: BicycleLimits = world.ego.limits
@@ -121,6 +130,7 @@ class Expert:
         if v > 0.3:
             self.waiting_since = state.t
         obstacles, facts = self._obstacles(state, front, v)
+        obstacles = [o for o in obstacles if o.kind in self.obey]
         accel = self._idm(v, float(self.curve_speed[w.ego_index]), obstacles, front)
         max_delta = JERK * 0.1 if accel > -4.5 else 1.0  # emergencies may exceed the comfort jerk
         self.accel = float(np.clip(accel, self.accel - max_delta, self.accel + max_delta))

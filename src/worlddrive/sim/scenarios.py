@@ -447,6 +447,7 @@ FAMILIES: dict[str, type[Family]] = {
 }
 TRAIN_FAMILIES = [n for n, c in FAMILIES.items() if not c.heldout]
 HARD_FAMILIES = [n for n, c in FAMILIES.items() if c.hard]
+HELDOUT_FAMILIES = [n for n, c in FAMILIES.items() if c.heldout]
 
 
 def make_family(name: str, config: dict[str, Any] | None = None) -> Family:

@@ -1,4 +1,5 @@
-"""A real (if small) dataset made once per session, a tokenizer fitted on it, and tiny policies built on both."""
+"""Shared by tests/models and tests/eval: a real (if small) dataset made once per session, a tokenizer fitted on it,
+and tiny policies built on both."""
 
 from __future__ import annotations
 

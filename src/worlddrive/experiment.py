@@ -1,0 +1,171 @@
+"""`worlddrive experiment ablation`: does the world model pay? Train every (variant, data fraction, seed), evaluate
+all runs in one closed-loop evaluation (the expert drives each (family, seed) once), and tabulate.
+
+Every step is resumable (training continues from its last checkpoint, the evaluation skips recorded episodes), so a
+killed experiment rerun with the same command picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worlddrive.eval.evaluate import EvalConfig, evaluate
+from worlddrive.eval.report import write_report
+from worlddrive.fileio import write_json_atomic, write_text_atomic
+
+VARIANTS: dict[str, str] = {"action_only": "", "vq": "vq", "frame": "frame", "bev": "bev", "all": "vq,frame,bev"}
+
+
+@dataclass
+class AblationConfig:
+    data: str
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
+    seeds: list[int] = field(default_factory=lambda: [0, 1])
+    config: str = "small"
+    max_steps: int = 600
+    batch_size: int = 16
+    families: list[str] = field(default_factory=list)
+    eval_seeds: list[int] = field(default_factory=list)
+    workers: int = 1
+    vq_steps: int = 400
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in VARIANTS]
+        if unknown:
+            raise KeyError(f"unknown ablation variant {unknown}; known: {', '.join(VARIANTS)}")
+        bad = [f for f in self.fractions if not 0 < f <= 1]
+        if bad:
+            raise ValueError(f"data fractions must lie in (0, 1], got {bad}")
+        if not (self.variants and self.fractions and self.seeds and self.families and self.eval_seeds):
+            raise ValueError("an ablation needs at least one variant, fraction, seed, family and evaluation seed")
+
+
+def run_name(variant: str, fraction: float, seed: int) -> str:
+    return f"{variant}_f{fraction:g}_s{seed}"
+
+
+def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], progress=None) -> dict[str, Any]:
+    """Train, evaluate and tabulate into `out` (runs/, eval/, ablation.json, ablation.md, ablation.png).
+
+    `cli` runs a `worlddrive` command line (the experiment is made of the same commands a user would type).
+    """
+    from worlddrive.data.dataset import WorldDriveDataset
+
+    if not len(WorldDriveDataset(cfg.data, "val")):  # checked before hours of training, not after
+        raise ValueError(f"dataset {cfg.data} has no val episodes: the ablation's ADE needs some (generate more)")
+    runs = out / "runs"
+    if any("vq" in VARIANTS[v] for v in cfg.variants) and not (out / "vq" / "config.json").exists():
+        _run(cli, ["train-tokenizer", "--data", cfg.data, "--out", str(out / "vq"), "--steps", str(cfg.vq_steps)])
+    specs = {}
+    for variant in cfg.variants:
+        for fraction in cfg.fractions:
+            for seed in cfg.seeds:
+                name = run_name(variant, fraction, seed)
+                argv = ["train", "--config", cfg.config, "--data", cfg.data, "--out", str(runs / name)]
+                argv += ["--wm", VARIANTS[variant], "--data-fraction", str(fraction), "--seed", str(seed)]
+                argv += ["--max-steps", str(cfg.max_steps), "--batch-size", str(cfg.batch_size)]
+                if "vq" in VARIANTS[variant]:
+                    argv += ["--vq", str(out / "vq")]
+                print(f"\n$ worlddrive {' '.join(argv)}", flush=True)
+                _run(cli, argv)
+                specs[name] = (variant, fraction, seed)
+    eval_cfg = EvalConfig(
+        [str(runs / n) for n in specs], cfg.families, cfg.eval_seeds, cfg.workers, gallery=1, data=cfg.data
+    )
+    summary = evaluate(eval_cfg, out / "eval", progress)
+    rows = []
+    for name, (variant, fraction, seed) in specs.items():
+        pol = summary["policies"][name]
+        rows.append(
+            {
+                "variant": variant,
+                "fraction": fraction,
+                "seed": seed,
+                "ds": pol["ds"],
+                "heldout_ds": pol["heldout_layout_ds"],
+                "ade": pol.get("open_loop", {}).get("ade"),
+                "collisions": pol["collisions"],
+            }
+        )
+    result = {"config": asdict(cfg), "expert_ds": summary["policies"]["expert"]["ds"], "rows": rows}
+    write_json_atomic(out / "ablation.json", result)
+    write_text_atomic(out / "ablation.md", table_markdown(result))
+    plot_scaling(result, out / "ablation.png")
+    write_report(out / "eval", ablation=out / "ablation.json")
+    return result
+
+
+def _run(cli: Callable[[list[str]], int], argv: list[str]) -> None:
+    code = cli(argv)
+    if code:
+        raise RuntimeError(f"`worlddrive {' '.join(argv)}` failed with exit code {code}")
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """Mean and spread (min-max over seeds) per (variant, fraction), in the order first seen."""
+    out = []
+    for key in dict.fromkeys((r["variant"], r["fraction"]) for r in rows):
+        group = [r for r in rows if (r["variant"], r["fraction"]) == key]
+        agg = {"variant": key[0], "fraction": key[1], "seeds": len(group)}
+        for metric in ("ds", "heldout_ds", "ade", "collisions"):
+            values = [r[metric] for r in group if r[metric] is not None]
+            agg[metric] = float(np.mean(values)) if values else None
+            agg[f"{metric}_spread"] = float(np.ptp(values)) / 2 if values else None
+        out.append(agg)
+    return out
+
+
+def table_markdown(result: dict) -> str:
+    """The ablation table: mean ± half the min-max spread over training seeds."""
+
+    def cell(a: dict, metric: str, digits: int) -> str:
+        if a[metric] is None:
+            return "–"
+        return f"{a[metric]:.{digits}f} ± {a[metric + '_spread']:.{digits}f}"
+
+    lines = [
+        f"Expert Drive Score on the same episodes: {result['expert_ds']:.3f}",
+        "",
+        "| variant | data | seeds | DS (held-out seeds) | DS (held-out layout) | ADE (m) | collisions / 100 eps |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for a in aggregate(result["rows"]):
+        lines.append(
+            f"| {a['variant']} | {a['fraction']:.0%} | {a['seeds']} | {cell(a, 'ds', 3)} | "
+            f"{cell(a, 'heldout_ds', 3)} | {cell(a, 'ade', 2)} | {cell(a, 'collisions', 1)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_scaling(result: dict, path: Path) -> Path:
+    """DS vs data fraction, one line per variant, error bars = min-max over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    agg = aggregate(result["rows"])
+    for variant in dict.fromkeys(a["variant"] for a in agg):
+        pts = sorted((a["fraction"], a["ds"], a["ds_spread"]) for a in agg if a["variant"] == variant)
+        x, y, e = zip(*pts, strict=True)
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=variant)
+    ax.axhline(result["expert_ds"], color="k", ls="--", lw=1, label="expert")
+    ax.set_xlabel("fraction of training data")
+    ax.set_ylabel("Drive Score (held-out seeds)")
+    ax.set_ylim(0, 1.02)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".partial.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
