@@ -1,6 +1,7 @@
 """The `worlddrive` commands as a user runs them: outputs appear, RESULT lines print, bad input is named."""
 
 import json
+import shutil
 
 import imageio.v3 as iio
 import pytest
@@ -141,3 +142,10 @@ def test_world_model_training_with_a_trained_tokenizer(small_data, tmp_path, cap
         main(argv)
     assert main([*argv, "--vq", str(vq)]) == 0
     assert result_line(capsys.readouterr().out)["steps"] == "2"
+    from worlddrive.models import WorldDrivePolicy
+
+    policy = WorldDrivePolicy.from_pretrained(tmp_path / "run" / "policy")  # carries its VQ tokenizer
+    assert policy.world_model.tokenizer is not None
+    shutil.rmtree(tmp_path / "run" / "policy" / "vq")
+    with pytest.raises(FileNotFoundError, match="has a vq head but no vq/"):
+        WorldDrivePolicy.from_pretrained(tmp_path / "run" / "policy")

@@ -39,7 +39,6 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,11 +46,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from worlddrive.data.annotate import SceneFacts, fact_accuracy
-from worlddrive.data.dataset import WorldDriveDataset
 from worlddrive.data.record import AGENT_FIELDS
-from worlddrive.models.config import PolicyConfig
-from worlddrive.models.policy import CONFIG_FILE, WorldDrivePolicy
-from worlddrive.models.vq import VQTokenizer, psnr, ssim
+from worlddrive.models.policy import WorldDrivePolicy
+from worlddrive.models.vq import psnr, ssim
 from worlddrive.models.world_model import REPORT_STEPS, WorldModel, reframe
 from worlddrive.sim.geometry import boxes_overlap
 from worlddrive.sim.vehicle import BicycleLimits
@@ -244,22 +241,3 @@ def _reasoning(policy: WorldDrivePolicy, dataset: Dataset, indices: np.ndarray, 
     metrics = {name: float(np.mean(values)) for name, values in scores.items()}
     metrics["fact_acc"] = float(np.mean([metrics[f"fact_{name}_acc"] for name in ("light", "ped", "meta")]))
     return {**metrics, "fact_samples": float(len(indices))}
-
-
-def evaluate_checkpoint(
-    policy_dir: str | Path,
-    data_dir: str | Path,
-    split: str = "val",
-    vq_dir: str | Path | None = None,
-    **kwargs: Any,
-) -> dict[str, float]:
-    """`open_loop_metrics` of a saved policy on a dataset split; `vq_dir` is the tokenizer its `vq` head was trained
-    with (the checkpoint does not hold it). kwargs go to `open_loop_metrics`."""
-    config = PolicyConfig.from_dict(json.loads((Path(policy_dir) / CONFIG_FILE).read_text()))
-    world_model = None
-    if "vq" in config.wm_heads:
-        if vq_dir is None:
-            raise ValueError(f"{policy_dir} has a vq head: pass the VQ tokenizer folder it was trained with")
-        world_model = WorldModel(config.d_model, config.wm_heads, tokenizer=VQTokenizer.load(vq_dir))
-    policy = WorldDrivePolicy.from_pretrained(policy_dir, world_model)
-    return open_loop_metrics(policy, WorldDriveDataset(data_dir, split), **kwargs)

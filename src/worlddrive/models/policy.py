@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from worlddrive.data.dataset import WorldDriveDataset
 
 CONFIG_FILE, MODEL_FILE, STATS_FILE = "config.json", "model.safetensors", "stats.json"
+VQ_DIR = "vq"  # a policy with a `vq` head carries its frozen VQ tokenizer here
 BACKBONE_FILE = "backbone_config.json"  # hf backbones only
 CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, STATS_FILE)
 STATE_FEATURES = 4 + 3 * PAST  # speed, acceleration, steering, yaw rate; past poses (x, y, yaw)
@@ -348,6 +349,9 @@ class WorldDrivePolicy(nn.Module):
         if self.config.hf_source is not None:
             self.backbone.hf_config.to_json_file(tmp / BACKBONE_FILE)
         self.tokenizer.save(tmp)
+        vq = getattr(self.world_model, "tokenizer", None)
+        if vq is not None:  # the frozen VQ tokenizer the `vq` head reads: a checkpoint must load on its own
+            vq.save(tmp / VQ_DIR)
         if directory.exists():
             os.replace(directory, old)
         os.replace(tmp, directory)
@@ -372,6 +376,13 @@ class WorldDrivePolicy(nn.Module):
             if not backbone_config.is_file():
                 raise FileNotFoundError(f"checkpoint {directory} has an hf backbone but no {BACKBONE_FILE}")
         tokenizer, stats = TextTokenizer.load(directory), _read_json(directory / STATS_FILE)
+        if world_model is None and "vq" in config.wm_heads:
+            if not (directory / VQ_DIR).is_dir():
+                raise FileNotFoundError(f"checkpoint {directory} has a vq head but no {VQ_DIR}/ (its VQ tokenizer)")
+            from worlddrive.models.vq import VQTokenizer
+            from worlddrive.models.world_model import WorldModel
+
+            world_model = WorldModel(config.d_model, config.wm_heads, tokenizer=VQTokenizer.load(directory / VQ_DIR))
         model = cls(config, tokenizer, stats, world_model, backbone_config)
         tensors = load_file(directory / MODEL_FILE)
         expected = model.state_dict()
