@@ -12,6 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+# Before torch loads libgomp: idle OpenMP threads sleep instead of spinning. On 2 cores shared with simulator workers or
+# another job, spinning threads wait on descheduled peers and a training step ran ~5x slower; quiet, this costs 4-9 %
+# (measured with `worlddrive bench train`, results/README.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # open-loop metrics printed on RESULT lines (all of them go to summary.json and the training log)
 OPEN_LOOP_RESULT = ("ade", "fde", "plan_collision_rate", "frame_psnr", "frame_ssim", "vq_psnr", "bev_iou_true_plan")
 OPEN_LOOP_RESULT += ("light_acc_1s", "light_acc_2s", "fact_light_acc", "fact_ped_acc", "fact_meta_acc", "fact_acc")
@@ -419,7 +424,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
             "--data",
             data,
             "--gallery",
-            "2",
+            "1",
             "--out",
             str(out / "eval"),
         ],
@@ -539,9 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="the main job: data, VLA with and without world model, closed loop, report")
     m.add_argument("--out", default="out/demo")
     m.add_argument("--config", default="small")
-    m.add_argument("--train-steps", type=int, default=300)
+    m.add_argument("--train-steps", type=int, default=150, help="training steps of each of the two policies")
     m.add_argument("--episodes", type=int, default=2, help="training episodes per family")
-    m.add_argument("--eval-episodes", type=int, default=4, help="evaluation episodes per family")
+    m.add_argument("--eval-episodes", type=int, default=2, help="evaluation episodes per family")
     m.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
     m.set_defaults(fn=cmd_demo)
     return p

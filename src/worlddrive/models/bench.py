@@ -3,8 +3,9 @@
 What is timed is the training loop's step (train.py): forward, backward, gradient clipping and AdamW. FLOPs are
 counted by torch's `FlopCounterMode` on a real forward + backward (not 3 x forward), plus the CPU flash-attention
 kernel, which that counter does not know (it counts no attention at all on CPU). The peak is a large matmul at the
-same thread count, best of a few, measured in the same run before and after training; step times are medians. Both
-keep a burst of other work on this shared machine from counting against the model.
+same thread count, best of a few, measured in the same run before and after training; step times are medians, and
+fp32 and bf16 steps alternate so that both see the same load. Other work on the cores still slows the steps far more
+than the peak (each of torch's many parallel regions waits for a descheduled thread), so `load` is reported too.
 
 Without a dataset the batches are `example_batch` with random camera frames and texts at their full slot length: a
 model-only number. With a dataset folder every step also reads and collates its batch in this process, as the
