@@ -59,3 +59,22 @@ def make_policy(tokenizer: TextTokenizer, dataset: WorldDriveDataset) -> Callabl
         return WorldDrivePolicy(PolicyConfig.preset("tiny", **overrides), tokenizer, dataset.stats, world_model)
 
     return make
+
+
+def _overfit(policy: WorldDrivePolicy, batch: dict[str, Any], steps: int, log: str = "action_loss") -> list[float]:
+    """Train on one batch (AdamW, lr 3e-3, no weight decay) and return the logged `log` term per step."""
+    optimizer = policy.configure_optimizers(weight_decay=0.0, lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        loss, logs = policy(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(logs[log])
+    return losses
+
+
+@pytest.fixture
+def overfit() -> Callable[..., list[float]]:
+    """overfit(policy, batch, steps, log="action_loss") -> the logged loss per step."""
+    return _overfit

@@ -54,17 +54,10 @@ def test_forward_shapes_and_every_trainable_weight_gets_a_gradient(make_policy, 
     assert all(p.grad is not None for p in policy.parameters() if p.requires_grad)
 
 
-def test_overfits_eight_samples(make_policy, items: list, hf_spec: str) -> None:
+def test_overfits_eight_samples(make_policy, overfit, items: list, hf_spec: str) -> None:
     policy = make_policy(backbone=hf_spec, lambda_lang=0.0)
     batch = policy.collate(items)
-    optimizer = policy.configure_optimizers(weight_decay=0.0, lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss, logs = policy(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(logs["action_loss"])
+    losses = overfit(policy, batch, 40)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
 
 

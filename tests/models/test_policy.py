@@ -46,31 +46,17 @@ def test_non_finite_input_raises_naming_the_field(make_policy, items: list, fiel
 
 
 @pytest.mark.parametrize(("expert", "ratio"), [("query", 0.5), ("flow", 0.75), ("ar", 0.5)])
-def test_every_expert_overfits_eight_samples(make_policy, items: list, expert: str, ratio: float) -> None:
+def test_every_expert_overfits_eight_samples(make_policy, overfit, items: list, expert: str, ratio: float) -> None:
     policy = make_policy(action_expert=expert, lambda_lang=0.0)
     batch = policy.collate(items)
-    optimizer = policy.configure_optimizers(weight_decay=0.0, lr=3e-3)
-    losses = []
-    for _ in range(60):
-        loss, logs = policy(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(logs["action_loss"])
+    losses = overfit(policy, batch, 60)
     assert np.mean(losses[-10:]) < ratio * np.mean(losses[:5]), losses
 
 
-def test_language_loss_decreases(make_policy, items: list) -> None:
+def test_language_loss_decreases(make_policy, overfit, items: list) -> None:
     policy = make_policy(lambda_lang=1.0)
     batch = policy.collate(items[:4])
-    optimizer = policy.configure_optimizers(weight_decay=0.0, lr=3e-3)
-    losses = []
-    for _ in range(30):
-        loss, logs = policy(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(logs["lang_loss"])
+    losses = overfit(policy, batch, 30, log="lang_loss")
     assert losses[-1] < 0.5 * losses[0]
 
 

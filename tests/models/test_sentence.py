@@ -60,17 +60,10 @@ def test_policy_reads_the_instruction_through_minilm(make_policy, items: list) -
     assert not torch.equal(policy.predict_trajectory(batch), policy.predict_trajectory(other))
 
 
-def test_minilm_policy_overfits_generates_and_round_trips(make_policy, items: list, tmp_path: Path) -> None:
+def test_minilm_policy_overfits_generates_and_round_trips(make_policy, overfit, items: list, tmp_path: Path) -> None:
     policy = make_policy(instruction_encoder="minilm", lambda_lang=0.0)
     batch = policy.collate(items)
-    optimizer = policy.configure_optimizers(weight_decay=0.0, lr=3e-3)
-    losses = []
-    for _ in range(40):
-        loss, logs = policy(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(logs["action_loss"])
+    losses = overfit(policy, batch, 40)
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5]), losses
     policy.eval()
     cached = policy.generate_tokens(batch, max_tokens=8)
