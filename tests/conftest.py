@@ -34,6 +34,14 @@ def dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def split_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two real crosswalk episodes: seed 24 falls in the train split, seed 25 in val."""
+    out = tmp_path_factory.mktemp("split_data")
+    generate(["crosswalk"], 2, 24, out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
 def dataset(dataset_dir: Path) -> WorldDriveDataset:
     return WorldDriveDataset(dataset_dir, "all")
 

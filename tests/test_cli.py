@@ -94,17 +94,10 @@ def test_library_errors_become_one_line_messages(tmp_path):
         main(["dataset", "show", str(tmp_path), "--out", str(tmp_path / "s.png")])
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    data = tmp_path_factory.mktemp("cli") / "data"  # seeds 24 and 25: one training and one validation episode
-    main(["generate", "--families", "crosswalk", "--episodes", "2", "--seed", "24", "--out", str(data)])
-    return data
-
-
-def test_train_writes_a_loadable_policy_and_resumes(small_data, tmp_path, capsys):
+def test_train_writes_a_loadable_policy_and_resumes(split_data_dir, tmp_path, capsys):
     from worlddrive.models import WorldDrivePolicy
 
-    data = small_data
+    data = split_data_dir
     run = tmp_path / "run"
     argv = ["train", "--config", "tiny", "--data", str(data), "--out", str(run), "--batch-size", "4"]
     assert main([*argv, "--max-steps", "4"]) == 0
@@ -117,18 +110,17 @@ def test_train_writes_a_loadable_policy_and_resumes(small_data, tmp_path, capsys
         main([*argv, "--data-fraction", "0"])
 
 
-def test_world_model_training_with_a_trained_tokenizer(small_data, tmp_path, capsys):
+def test_world_model_training_with_a_trained_tokenizer(split_data_dir, tmp_path, capsys):
     vq = tmp_path / "vq"
-    assert (
-        main(["train-tokenizer", "--data", str(small_data), "--out", str(vq), "--steps", "3", "--batch-size", "4"]) == 0
-    )
+    argv = ["train-tokenizer", "--data", str(split_data_dir), "--out", str(vq), "--steps", "3", "--batch-size", "4"]
+    assert main(argv) == 0
     assert float(result_line(capsys.readouterr().out)["psnr"]) > 0
     argv = [
         "train",
         "--config",
         "tiny",
         "--data",
-        str(small_data),
+        str(split_data_dir),
         "--out",
         str(tmp_path / "run"),
         "--batch-size",

@@ -5,24 +5,13 @@ import json
 import pytest
 
 from worlddrive.cli import main
-from worlddrive.data.dataset import episode_split
-from worlddrive.data.generate import generate
 from worlddrive.experiment import AblationConfig, aggregate, table_markdown
 
 
-@pytest.fixture(scope="module")
-def two_split_data(tmp_path_factory):
-    """Two consecutive crosswalk episodes, one in the train split and one in val."""
-    seed = next(s for s in range(200) if {episode_split("crosswalk", s + i, 0.1) for i in (0, 1)} == {"train", "val"})
-    out = tmp_path_factory.mktemp("ablation_data")
-    generate(["crosswalk"], 2, seed, out, progress=False)
-    return out
-
-
 @pytest.mark.slow
-def test_tiny_ablation_end_to_end(two_split_data, tmp_path, capsys):
+def test_tiny_ablation_end_to_end(split_data_dir, tmp_path, capsys):
     out = tmp_path / "ablation"
-    argv = ["experiment", "ablation", "--data", str(two_split_data), "--out", str(out), "--config", "tiny"]
+    argv = ["experiment", "ablation", "--data", str(split_data_dir), "--out", str(out), "--config", "tiny"]
     argv += ["--variants", "action_only,frame", "--fractions", "0.5,1", "--seeds", "0", "--max-steps", "2"]
     argv += ["--batch-size", "4", "--families", "crosswalk", "--eval-seeds", "1000000-1000000", "--workers", "1"]
     assert main(argv) == 0

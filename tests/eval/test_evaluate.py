@@ -7,8 +7,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from worlddrive.cli import main
-from worlddrive.data.dataset import episode_split
-from worlddrive.data.generate import generate
 from worlddrive.eval.evaluate import EvalConfig, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,25 +24,16 @@ def checkpoint(tmp_path_factory, tokenizer, dataset):
     return run
 
 
-@pytest.fixture(scope="module")
-def val_data(tmp_path_factory):
-    """One crosswalk episode that falls in the val split (the open-loop metrics read val)."""
-    seed = next(s for s in range(100) if episode_split("crosswalk", s, 0.1) == "val")
-    out = tmp_path_factory.mktemp("val_data")
-    generate(["crosswalk"], 1, seed, out, progress=False)
-    return out
-
-
 def result_line(out: str) -> dict[str, str]:
     last = out.strip().splitlines()[-1]
     assert last.startswith("RESULT "), last
     return dict(kv.split("=") for kv in last.split()[1:])
 
 
-def test_eval_learned_policy_with_baselines(checkpoint, val_data, tmp_path, capsys):
+def test_eval_learned_policy_with_baselines(checkpoint, split_data_dir, tmp_path, capsys):
     out = tmp_path / "eval"
     argv = ["eval", "--policy", f"{checkpoint},constant-velocity,idm", "--families", "crosswalk", *SEEDS]
-    argv += ["--workers", "1", "--gallery", "1", "--data", str(val_data), "--out", str(out)]
+    argv += ["--workers", "1", "--gallery", "1", "--data", str(split_data_dir), "--out", str(out)]
     assert main(argv) == 0
     res = result_line(capsys.readouterr().out)
     assert res["policy"] == checkpoint.name and float(res["expert_ds"]) > 0.5

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from worlddrive.data.dataset import WorldDriveDataset
-from worlddrive.data.generate import generate
 from worlddrive.models import vq
 from worlddrive.models.vq import VQConfig, VQTokenizer, evaluate_tokenizer, psnr, ssim, train_vq_tokenizer
 
@@ -19,23 +18,15 @@ TINY = VQConfig(channels=(16, 32), codebook_size=64, codebook_dim=8)
 
 
 @pytest.fixture(scope="module")
-def vq_dataset_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two real crosswalk episodes: seed 24 falls in the train split, seed 25 in val."""
-    out = tmp_path_factory.mktemp("vq_data")
-    generate(["crosswalk"], 2, 24, out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def frames(vq_dataset_dir: Path) -> torch.Tensor:
-    ds = WorldDriveDataset(vq_dataset_dir, "train")
+def frames(split_data_dir: Path) -> torch.Tensor:
+    ds = WorldDriveDataset(split_data_dir, "train")
     return torch.stack([ds[i]["camera"][-1] for i in range(0, len(ds), 10)])  # (B, 3, 128, 256) uint8
 
 
 @pytest.fixture(scope="module")
-def trained(vq_dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def trained(split_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("vq_ckpt")
-    return out, train_vq_tokenizer(vq_dataset_dir, out, steps=40, batch_size=4, seed=0, config=TINY, lr=3e-3)
+    return out, train_vq_tokenizer(split_data_dir, out, steps=40, batch_size=4, seed=0, config=TINY, lr=3e-3)
 
 
 def test_psnr_ssim_sanity() -> None:
@@ -67,9 +58,9 @@ def test_encode_decode_shapes_and_code_range(frames: torch.Tensor) -> None:
         model.encode(frames[:, :, :64])
 
 
-def test_training_improves_round_trip(vq_dataset_dir: Path, trained: tuple[Path, dict]) -> None:
+def test_training_improves_round_trip(split_data_dir: Path, trained: tuple[Path, dict]) -> None:
     torch.manual_seed(0)
-    untrained = evaluate_tokenizer(VQTokenizer(TINY), WorldDriveDataset(vq_dataset_dir, "val"))
+    untrained = evaluate_tokenizer(VQTokenizer(TINY), WorldDriveDataset(split_data_dir, "val"))
     _, metrics = trained
     assert metrics["steps"] == 40 and math.isfinite(metrics["train_l1"])
     assert metrics["val_psnr"] > untrained["psnr"] + 3, (metrics, untrained)
