@@ -10,6 +10,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Before torch loads libgomp: idle OpenMP threads sleep instead of spinning. On 2 cores shared with simulator workers or
@@ -148,12 +150,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
         make_driver(spec)  # fail fast, in this process, on a missing or mismatched checkpoint
     out = _writable_dir(Path(a.out))
     cfg = EvalConfig(policies, families, seeds, a.workers, a.ray_address, a.gallery, a.data)
-    with _progress() as bar:
-
-        def progress(description: str, total: int):
-            task = bar.add_task(description, total=total)
-            return lambda: bar.advance(task)
-
+    with _progress() as progress:
         summary = evaluate(cfg, out, progress)
     console = Console(width=160)
     for name, pol in summary["policies"].items():
@@ -179,16 +176,19 @@ def cmd_eval(a: argparse.Namespace) -> int:
     return 0
 
 
-def _progress():
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int], Callable[[], None]]]:
+    """Rich bars for `evaluate`/`ablation`: progress(description, total) adds a bar and returns its advance()."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
+    columns = ("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn()) as bar:
+
+        def progress(description: str, total: int) -> Callable[[], None]:
+            task = bar.add_task(description, total=total)
+            return lambda: bar.advance(task)
+
+        yield progress
 
 
 def _print_summary(console, summary: dict) -> None:
@@ -376,12 +376,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         workers=a.workers,
         vq_steps=a.vq_steps,
     )
-    with _progress() as bar:
-
-        def progress(description: str, total: int):
-            task = bar.add_task(description, total=total)
-            return lambda: bar.advance(task)
-
+    with _progress() as progress:
         result = ablation(cfg, out, main, progress)
     print((out / "ablation.md").read_text())
     print(f"table: {out / 'ablation.md'}, plot: {out / 'ablation.png'}, report: {out / 'eval' / 'report.html'}")
