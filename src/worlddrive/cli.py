@@ -82,6 +82,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         workers=a.workers,
         ray_address=a.ray_address,
         episodes_per_shard=a.episodes_per_shard,
+        perturb=a.perturb,
     )
     dt = time.time() - t0
     counts = info["counts"]
@@ -267,6 +268,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "wm_heads": heads,
             "backbone": a.backbone,
             "instruction_encoder": a.instruction_encoder,
+            "ego_history": a.ego_history,
         }
         if a.lambda_wm is not None:
             overrides["lambda_wm"] = a.lambda_wm
@@ -449,6 +451,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=1)
     g.add_argument("--ray-address", default=None)
     g.add_argument("--episodes-per-shard", type=int, default=4)
+    g.add_argument(
+        "--perturb",
+        type=float,
+        default=0.0,
+        help="share of episodes driven with steering/speed noise bursts that the expert recovers from (recovery "
+        "data against compounding errors; samples with noise in their future are dropped)",
+    )
     g.set_defaults(fn=cmd_generate)
 
     d = sub.add_parser("dataset", help="validate a dataset or show a contact sheet")
@@ -492,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--action-expert", default="query", choices=["query", "flow", "ar"])
     t.add_argument("--backbone", default="native", help="native, or hf:<model name or path to a config.json>")
     t.add_argument("--instruction-encoder", default="bpe", choices=["bpe", "minilm"])
+    t.add_argument(
+        "--ego-history",
+        action="store_true",
+        help="also feed steering, yaw rate and past poses (off: the policy learns to copy its own past motion)",
+    )
     t.add_argument("--data-fraction", type=float, default=1.0)
     t.add_argument("--max-steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=16)

@@ -15,7 +15,7 @@ Layout of `DIR/shards/shard_00012.zarr` (E episodes concatenated: Nf frames, Ns 
   instruction, reasoning, facts  (Ns,) zarr v3 variable-length UTF-8 strings (`dtype=str`, codec vlen-utf8)
   episode_family     (E,) index into attrs["families"]; episode_seed, episode_frame_start, episode_num_frames
 Per-sample and per-episode arrays are a single chunk: a reader loads them once per shard and keeps them.
-Group attrs: schema_version, episodes [[family, seed], ...], families, config (camera and BEV settings),
+Group attrs: schema_version, episodes [[family, seed], ...], families, config (camera, BEV and perturb settings),
 episode_samples, episode_frames, and partial sums from which `stats.json` is merged without rereading any array.
 
 Atomicity: a shard is written into `shard_XXXXX.zarr.partial/` and renamed when complete; a finished shard is never

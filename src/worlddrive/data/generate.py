@@ -27,7 +27,7 @@ from worlddrive.parallel import run_jobs
 from worlddrive.sim.camera import BevConfig, CameraConfig
 from worlddrive.sim.scenarios import FAMILIES
 
-RecordFn = Callable[..., EpisodeRecord]  # (family, seed, camera=..., bev=...) -> EpisodeRecord
+RecordFn = Callable[..., EpisodeRecord]  # (family, seed, camera=..., bev=..., perturb=...) -> EpisodeRecord
 
 
 @dataclass(frozen=True)
@@ -39,11 +39,15 @@ class ShardJob:
     camera: CameraConfig
     bev: BevConfig
     record_fn: RecordFn
+    perturb: float = 0.0
 
     @property
     def config(self) -> dict[str, Any]:
-        """Renderer settings as stored in shard attrs (JSON types, so a rerun compares equal)."""
-        return json.loads(json.dumps({"camera": asdict(self.camera), "bev": asdict(self.bev)}))
+        """Recording settings as stored in shard attrs (JSON types, so a rerun compares equal)."""
+        config = {"camera": asdict(self.camera), "bev": asdict(self.bev)}
+        if self.perturb:  # absent when 0, so shards written before the option existed still match their plan
+            config["perturb"] = self.perturb
+        return json.loads(json.dumps(config))
 
 
 def plan(families: list[str], episodes: int, seed: int, episodes_per_shard: int) -> list[tuple[tuple[str, int], ...]]:
@@ -54,7 +58,8 @@ def plan(families: list[str], episodes: int, seed: int, episodes_per_shard: int)
 
 def run_job(job: ShardJob) -> tuple[int, int]:
     """Record and write one shard; returns (episodes, samples)."""
-    records = [job.record_fn(family, seed, camera=job.camera, bev=job.bev) for family, seed in job.episodes]
+    kwargs = {"perturb": job.perturb} if job.perturb else {}
+    records = [job.record_fn(f, s, camera=job.camera, bev=job.bev, **kwargs) for f, s in job.episodes]
     attrs = write_shard(job.path, records, job.config)
     return len(records), sum(attrs["episode_samples"])
 
@@ -71,17 +76,22 @@ def generate(
     camera: CameraConfig | None = None,
     bev: BevConfig | None = None,
     record_fn: RecordFn = record_episode,
+    perturb: float = 0.0,
 ) -> dict[str, Any]:
     """Generate `episodes` episodes per family into `out`, or finish an interrupted run; returns info.json's dict.
 
+    `perturb`: the share of episodes driven with noise bursts for recovery data (record.py); 0 records the expert
+    as it drives.
     `record_fn` stands in for `record_episode` in tests; it must be importable by the worker processes.
     """
     _check_args(families, episodes, workers, episodes_per_shard)
+    if not 0.0 <= perturb <= 1.0:
+        raise ValueError(f"perturb must be a probability within [0, 1], got {perturb}")
     out = Path(out)
     _check_writable(out)
     camera, bev = camera or CameraConfig(), bev or BevConfig()
     jobs = [
-        ShardJob(out / SHARDS / f"shard_{i:05d}.zarr", eps, camera, bev, record_fn)
+        ShardJob(out / SHARDS / f"shard_{i:05d}.zarr", eps, camera, bev, record_fn, float(perturb))
         for i, eps in enumerate(plan(families, episodes, seed, episodes_per_shard))
     ]
     todo = _pending(out, jobs)
@@ -135,7 +145,7 @@ def _pending(out: Path, jobs: list[ShardJob]) -> list[ShardJob]:
                 if planned is None
                 else f"this run plans episodes {planned[0]} there"
                 if attrs.get("episodes") != planned[0]
-                else "it was made with other camera/BEV settings"
+                else f"it was made with other recording settings ({attrs.get('config')} vs {planned[1]})"
             )
             raise ValueError(
                 f"finished shard {path} holds episodes {attrs.get('episodes')}, but {why}; "

@@ -3,6 +3,12 @@
 The simulation runs at 10 Hz; keyframes are taken at 2 Hz. Each keyframe's camera frame and BEV raster is rendered
 once and stored once per episode: a sample refers to its current, past and future frames by keyframe index, so the
 same pixels serve up to 11 samples without being drawn or written again.
+
+Recovery data (DART-style): in a perturbed episode, short bursts of steering and acceleration noise are added to the
+expert's controls, so the ego drifts off its lane or off its speed and the expert then brings it back. A sample is
+kept only if no noise acts within its 4 s future: its label is what the expert really did from the displaced state,
+and its past (frames, poses) shows the drift. A policy trained on expert data alone never sees such states and,
+once off the line in closed loop, keeps going (behaviour cloning's compounding error).
 """
 
 from __future__ import annotations
@@ -13,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from worlddrive.data.annotate import SceneFacts, instruction, reasoning
+from worlddrive.eval.metrics import InfractionTracker
 from worlddrive.sim.camera import BevConfig, BevRenderer, CameraConfig, FrontCamera
 from worlddrive.sim.expert import Expert
 from worlddrive.sim.scenarios import make_family
-from worlddrive.sim.state import EGO_YAW, WorldState, to_ego_frame, wrap_angle
+from worlddrive.sim.state import EGO_SPEED, EGO_YAW, WorldState, to_ego_frame, wrap_angle
 from worlddrive.sim.vehicle import DT
 from worlddrive.sim.world import World
 
@@ -27,6 +34,10 @@ MAX_AGENTS = 32  # nearest agents kept per time step
 AGENT_FIELDS = ("x", "y", "yaw", "speed", "length", "width", "kind")  # ego frame; kind 0 car, 1 truck, 2 parked, 3 ped
 PED_KIND = 3
 COMMANDS = ("follow", "straight", "left", "right")
+# noise bursts of a perturbed episode: first start, gap after a burst, length (s); yaw-rate (rad/s) and
+# acceleration (m/s^2) offsets, drawn uniformly; the yaw-rate offset's sign is random
+BURST_FIRST_S, BURST_GAP_S, BURST_LENGTH_S = (1.0, 4.0), (5.0, 10.0), (0.5, 1.5)
+BURST_YAW_RATE, BURST_ACCEL = (0.05, 0.2), (-2.0, 1.0)
 
 
 @dataclass
@@ -61,8 +72,15 @@ def record_episode(
     camera: CameraConfig | None = None,
     bev: BevConfig | None = None,
     family_config: dict | None = None,
+    perturb: float = 0.0,
 ) -> EpisodeRecord:
-    """Drive the expert through (family, seed) and collect every keyframe that has 1 s of past and 4 s of future."""
+    """Drive the expert through (family, seed) and collect every keyframe that has 1 s of past and 4 s of future.
+
+    With probability `perturb` (decided by the seed) the episode is driven with noise bursts (see the module doc);
+    it then ends at its first collision or red light, so that no sample learns from a crash.
+    """
+    if not 0.0 <= perturb <= 1.0:
+        raise ValueError(f"perturb must be a probability within [0, 1], got {perturb}")
     fam = make_family(family, family_config)
     spec = fam.make(seed)
     world = World(spec)
@@ -71,6 +89,11 @@ def record_episode(
     rng = np.random.default_rng([seed, 7])
     state = world.reset()
     steps = round(spec.duration_s / DT)
+    noise = NoiseBursts(seed, steps) if np.random.default_rng([seed, 17]).random() < perturb else None
+    tracker = None
+    if noise is not None:
+        tracker = InfractionTracker(world.net.road, dt=DT)
+        tracker.update(state)
     keys: list[WorldState] = []
     facts: list[dict] = []
     light_ahead: list[int] = []
@@ -85,8 +108,51 @@ def record_episode(
             rasters.append(bev_r.render(state, world.net.road))
         if k == steps or world.ego_s >= world.route.length - 5.0:
             break
-        state = world.step(out.accel, out.steer)
-    return _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world)
+        accel, steer = out.accel, out.steer
+        if noise is not None:
+            accel, steer = noise(k, accel, steer, float(state.ego[EGO_SPEED]), world.ego.limits.wheelbase)
+        state = world.step(accel, steer)
+        if tracker is not None and _infraction(tracker.update(state)):
+            break
+    noisy = np.zeros(steps + 1, bool) if noise is None else noise.active
+    return _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world, noisy)
+
+
+class NoiseBursts:
+    """The noise of a perturbed episode, drawn from its seed. During a burst the executed controls are the expert's
+    controls at the burst's start plus a yaw-rate and an acceleration offset: the expert's corrections are ignored
+    until the burst ends, as a policy that misjudged the road would, so the ego really drifts (0.5-2 m, 1-2 m/s)."""
+
+    def __init__(self, seed: int, steps: int):
+        rng = np.random.default_rng([seed, 19])
+        self.offset = np.zeros((steps + 1, 2))  # (steps + 1, 2) yaw rate (rad/s), acceleration (m/s^2)
+        self.active = np.zeros(steps + 1, bool)  # (steps + 1,) a burst acts on this step's controls
+        t = rng.uniform(*BURST_FIRST_S)
+        while t < steps * DT:
+            length = rng.uniform(*BURST_LENGTH_S)
+            burst = slice(round(t / DT), round((t + length) / DT))
+            self.offset[burst] = rng.choice((-1.0, 1.0)) * rng.uniform(*BURST_YAW_RATE), rng.uniform(*BURST_ACCEL)
+            self.active[burst] = True
+            t += length + rng.uniform(*BURST_GAP_S)
+        self._held: tuple[float, float] | None = None
+
+    def __call__(self, k: int, accel: float, steer: float, speed: float, wheelbase: float) -> tuple[float, float]:
+        """Step k's executed (accel, steer) given the expert's; the yaw-rate offset becomes steering at this speed.
+        A slow ego is not pushed forward (it would be shoved over a stop line it is waiting at)."""
+        if not self.active[k]:
+            self._held = None
+            return accel, steer
+        if self._held is None:
+            self._held = accel, steer
+        yaw_rate, extra = self.offset[k]
+        steer = self._held[1] + float(np.arctan(yaw_rate * wheelbase / max(speed, 3.0)))
+        accel = self._held[0] + (float(extra) if speed > 2.0 or extra < 0 else 0.0)
+        return accel, steer
+
+
+def _infraction(step) -> bool:
+    """Ends a perturbed episode. Leaving the lane's paint (off-road) does not: the way back is what it is for."""
+    return bool(step.collisions or step.red_light)
 
 
 def _light_state_ahead(expert: Expert, state: WorldState) -> int:
@@ -113,10 +179,13 @@ def _agents(state: WorldState, ref: np.ndarray) -> np.ndarray:
     return rows[order]
 
 
-def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world) -> EpisodeRecord:
+def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world, noisy) -> EpisodeRecord:
+    """Samples at every keyframe with a full past and future, except those with noise (`noisy`, per sim step)
+    acting within their future: controls of steps 5i ... 5(i + FUTURE) - 1 make keyframes i + 1 ... i + FUTURE."""
     n = len(keys) - FUTURE - PAST
     idx = np.arange(PAST, PAST + max(n, 0), dtype=np.int32)
-    ego = np.stack([keys[i].ego for i in idx]) if n > 0 else np.zeros((0, 7), np.float32)
+    idx = idx[[not noisy[KEY_EVERY * i : KEY_EVERY * (i + FUTURE)].any() for i in idx]].astype(np.int32)
+    ego = np.stack([keys[i].ego for i in idx]) if len(idx) else np.zeros((0, 7), np.float32)
     traj = np.zeros((len(idx), FUTURE, 3), np.float32)
     past = np.zeros((len(idx), PAST, 3), np.float32)
     agents = np.zeros((len(idx), FUTURE + 1, MAX_AGENTS, 7), np.float32)

