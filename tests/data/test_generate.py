@@ -122,9 +122,19 @@ def test_shard_from_another_plan_is_an_error(tmp_path):
     before = _snapshot(tmp_path)
     with pytest.raises(ValueError, match=r"shard_00000\.zarr holds episodes .* plans episodes \[\['straight', 5\]"):
         generate(["straight", "crosswalk"], 3, 5, tmp_path, episodes_per_shard=2, progress=False, record_fn=_explode)
-    with pytest.raises(ValueError, match=r"shard_00000\.zarr holds .* other camera/BEV settings"):
+    with pytest.raises(ValueError, match=r"shard_00000\.zarr holds .* other recording settings"):
         make_dataset(tmp_path, camera=CameraConfig(width=64), record_fn=_explode)
+    with pytest.raises(ValueError, match=r"other recording settings .*'perturb': 0\.5"):
+        make_dataset(tmp_path, perturb=0.5, record_fn=_explode)
     assert _snapshot(tmp_path) == before
+
+
+def test_perturb_is_recorded_and_checked(tmp_path):
+    info = make_dataset(tmp_path, perturb=0.25)
+    assert info["generator"]["perturb"] == 0.25
+    assert make_dataset(tmp_path, perturb=0.25, record_fn=_explode) == info  # a rerun with the same settings
+    with pytest.raises(ValueError, match="perturb must be a probability"):
+        make_dataset(tmp_path / "bad", perturb=1.5)
 
 
 def test_more_episodes_extend_a_single_family_run(tmp_path):

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from worlddrive.models import WorldDrivePolicy
 from worlddrive.models.policy import CHECKPOINT_FILES, CONFIG_FILE, MODEL_FILE
+from worlddrive.sim.state import EGO_STEER
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -224,3 +225,21 @@ def test_real_world_model_bev_head_trains_with_the_policy(make_policy, items: li
     loss.backward()
     assert logs["wm_loss"] > 0 and "bev_occ_bce" in logs
     assert any(k.startswith("world_model.") for k in policy.state_dict())
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_ego_history_is_seen_only_when_asked(make_policy, items: list, history: bool) -> None:
+    policy = make_policy(ego_history=history).eval()
+    batch = policy.collate(items[:4])
+    moved = {**batch, "past_trajectory": batch["past_trajectory"] + 1.0, "ego": batch["ego"].clone()}
+    moved["ego"][:, EGO_STEER:] += 0.1  # steering and yaw rate
+    same = torch.allclose(policy.predict_trajectory(batch), policy.predict_trajectory(moved))
+    assert same != history
+
+
+def test_a_checkpoint_older_than_ego_history_loads_with_it(make_policy, tmp_path: Path) -> None:
+    make_policy(ego_history=True).save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / CONFIG_FILE).read_text())
+    del config["ego_history"]
+    (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(config))
+    assert WorldDrivePolicy.from_pretrained(tmp_path / "old").config.ego_history
