@@ -75,21 +75,24 @@ def test_bad_batches_are_skipped_without_touching_the_weights(tmp_path):
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+def _ddp_toy() -> Toy:
+    model = Toy()
+    model.net[2].p = 0.0  # no dropout: the two runs must see identical computations
+    model.idle = torch.nn.Linear(4, 4)  # gets no gradient, like the policy's reasoning slot when lambda_lang = 0
+    return model
+
+
 def _ddp_worker(rank: int, world: int, out: str, port: int) -> None:
     os.environ.update(
         RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     torch.set_num_threads(1)
-    model = Toy()
-    model.net[2].p = 0.0  # no dropout: the two runs must see identical computations
-    train(model, toy_data(), None, collate, Path(out), config(3), progress=False)
+    train(_ddp_toy(), toy_data(), None, collate, Path(out), config(3), progress=False)
     torch.distributed.destroy_process_group()
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):
-    model = Toy()
-    model.net[2].p = 0.0
-    train(model, toy_data(), None, collate, tmp_path / "one", config(3), progress=False)
+    train(_ddp_toy(), toy_data(), None, collate, tmp_path / "one", config(3), progress=False)
     with socket.socket() as sock:  # a free port for the gloo rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -229,7 +229,9 @@ def train(
     model.to(device)
     opt = model.configure_optimizers(cfg.weight_decay, cfg.lr)
     meta = load_state(out, model, opt) or {"step": 0, "epoch": 0, "batch": 0, "skipped": 0}
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # find_unused_parameters: a config can leave whole parts without gradient (the reasoning slot when lambda_lang = 0,
+    # the BPE instruction embeddings under minilm), which plain DDP treats as an error on the second step
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
     writer = SummaryWriter(str(out / "tensorboard")) if rank == 0 else None
     if rank == 0:
         (out / "train_config.json").write_text(json.dumps(asdict(cfg), indent=1))
