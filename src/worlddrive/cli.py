@@ -248,7 +248,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not 0 < a.data_fraction <= 1:
         raise SystemExit(f"error: --data-fraction must be in (0, 1], got {a.data_fraction}")
     out = _writable_dir(Path(a.out))
-    train_ds, val_ds = WorldDriveDataset(a.data, "train"), WorldDriveDataset(a.data, "val")
+    fields = WorldDriveDataset.fields_for(a.wm.split(","))  # action-only skips future frames and BEV rasters
+    train_ds, val_ds = (WorldDriveDataset(a.data, split, fields=fields) for split in ("train", "val"))
     if a.data_fraction < 1:  # a seeded choice of whole episodes, the same for every variant of an ablation
         keep = np.random.default_rng(a.seed).permutation(len(train_ds.episodes))
         keep = keep[: max(1, round(a.data_fraction * len(keep)))]

@@ -1,5 +1,6 @@
 """The Dataset serves each sample's frames and labels exactly, splits by episode, and names damaged shards."""
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -7,10 +8,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import BEV_SIZE, fake_record, make_dataset
+from conftest import BEV_SIZE, fake_record, fake_record_episode, make_dataset
 from torch.utils.data import DataLoader
 
-from worlddrive.data.dataset import WorldDriveDataset, episode_split
+from worlddrive.data.dataset import IMAGE_FIELDS, ITEM_FIELDS, WorldDriveDataset, episode_split
 from worlddrive.data.record import FUTURE, MAX_AGENTS, PAST
 from worlddrive.data.show import show
 from worlddrive.sim.camera import BEV_CHANNELS
@@ -77,12 +78,76 @@ def test_dataloader_workers_and_pickling(dataset_dir):
     ds = WorldDriveDataset(dataset_dir, "all")
     ds[0]  # opens a shard in this process; copies must not carry it along
     clone = pickle.loads(pickle.dumps(ds))
-    assert not clone._images and not clone._samples
+    assert not clone._cache and clone._cached_bytes == 0 and ds._cache
     assert torch.equal(clone[3]["camera"], ds[3]["camera"])
     batches = list(DataLoader(ds, batch_size=4, num_workers=2))
     assert sum(len(b["reasoning"]) for b in batches) == len(ds)
     assert batches[0]["camera"].shape[:2] == (4, PAST + 1)
     assert torch.equal(batches[0]["trajectory"][1], ds[1]["trajectory"])
+
+
+def assert_same_items(a: dict, b: dict) -> None:
+    assert list(a) == list(b)
+    for name, value in a.items():
+        assert torch.equal(value, b[name]) if torch.is_tensor(value) else value == b[name], name
+
+
+def test_cache_eviction_under_a_tiny_budget_gives_identical_items(dataset_dir):
+    ds = WorldDriveDataset(dataset_dir, "all")
+    order = np.random.default_rng(0).permutation(len(ds))
+    reference = [ds[int(i)] for i in order]
+    assert len(ds._cache) == len(ds.shard_names)
+    largest = max(entry.nbytes for entry in ds._cache.values())
+    for budget in (largest, 0):  # room for about one shard; none: every item reads its shard again
+        tiny = WorldDriveDataset(dataset_dir, "all", cache_bytes=budget)
+        for i, expected in zip(order, reference, strict=True):
+            assert_same_items(tiny[int(i)], expected)
+            assert tiny._cached_bytes == sum(e.nbytes for e in tiny._cache.values()) <= budget
+        assert len(tiny._cache) == (1 if budget else 0) < len(ds.shard_names)
+
+    def unreadable(shard):
+        raise AssertionError(f"shard {shard} read again")
+
+    ds._open = unreadable  # a second epoch within the budget reads nothing
+    for i, expected in zip(order, reference, strict=True):
+        assert_same_items(ds[int(i)], expected)
+
+
+def test_items_never_alias_the_cache(dataset_dir, tmp_path):
+    def grey_bev(family, seed, *args, **kwargs):  # BEV values beyond 0/1 are cached as they are, not bit-packed
+        record = fake_record_episode(family, seed)
+        return dataclasses.replace(record, bev=record.bev * 200)
+
+    make_dataset(tmp_path / "grey", record_fn=grey_bev)
+    for path in (dataset_dir, tmp_path / "grey"):
+        ds = WorldDriveDataset(path, "all")
+        first = {k: v.clone() if torch.is_tensor(v) else v for k, v in ds[1].items()}
+        mutated = ds[1]
+        for name in IMAGE_FIELDS:  # the only fields sliced from cached arrays
+            mutated[name] += 1
+        assert_same_items(ds[1], first)
+    assert ds._cache[0].bev_width == 0 and first["bev"].max() == 200
+
+
+def test_fields_skip_what_the_caller_does_not_use(dataset_dir):
+    full = WorldDriveDataset(dataset_dir, "all")
+    assert full.fields == ITEM_FIELDS
+    action_only = WorldDriveDataset(dataset_dir, "all", fields=WorldDriveDataset.fields_for([""]))  # --wm ""
+    item = action_only[5]
+    assert not {"future_camera", "bev", "future_bev"} & set(item)
+    assert_same_items(item, {k: v for k, v in full[5].items() if k in item})
+    shard = int(full._shard[5])
+    assert action_only._cache[shard].bev is None  # the BEV is never read
+    assert action_only._cached_bytes < full._cached_bytes
+    assert WorldDriveDataset.fields_for(["frame", "bev"]) == tuple(f for f in ITEM_FIELDS if f != "bev")
+    assert WorldDriveDataset.fields_for(["vq"]) == tuple(f for f in ITEM_FIELDS if f not in ("bev", "future_bev"))
+    only_bev = WorldDriveDataset(dataset_dir, "all", fields=("future_bev", "bev"))
+    assert_same_items(only_bev[5], {"bev": full[5]["bev"], "future_bev": full[5]["future_bev"]})
+    assert only_bev._cache[shard].frames is None
+    with pytest.raises(ValueError, match=r"unknown world-model heads \['lidar'\]"):
+        WorldDriveDataset.fields_for(["bev", "lidar"])
+    with pytest.raises(ValueError, match=r"unknown fields \['depth'\]"):
+        WorldDriveDataset(dataset_dir, fields=("camera", "depth"))
 
 
 @pytest.fixture

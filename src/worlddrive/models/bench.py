@@ -194,7 +194,7 @@ def bench_train(
     else:
         from worlddrive.data.dataset import WorldDriveDataset
 
-        dataset = WorldDriveDataset(data, "train")
+        dataset = WorldDriveDataset(data, "train", fields=WorldDriveDataset.fields_for(wm_heads))
         if len(dataset) < batch_size:
             raise ValueError(f"{data} has {len(dataset)} training samples, fewer than one batch of {batch_size}")
         policy = WorldDrivePolicy.from_dataset(cfg, dataset)

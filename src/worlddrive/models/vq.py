@@ -250,7 +250,8 @@ def train_vq_tokenizer(
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     torch.manual_seed(seed)
-    train, val = WorldDriveDataset(dataset_path, "train"), WorldDriveDataset(dataset_path, "val")
+    fields = WorldDriveDataset.fields_for(["vq"])
+    train, val = (WorldDriveDataset(dataset_path, split, fields=fields) for split in ("train", "val"))
     if len(train) == 0 or len(val) == 0:
         raise ValueError(f"{dataset_path}: need samples in both splits, got {len(train)} train and {len(val)} val")
     model = VQTokenizer(config)
