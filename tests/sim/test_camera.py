@@ -5,7 +5,17 @@ import copy
 import numpy as np
 import pytest
 
-from worlddrive.sim.camera import BEV_CHANNELS, ROAD_RGB, BevRenderer, FrontCamera, bev_to_rgb
+from worlddrive.sim import camera
+from worlddrive.sim.camera import (
+    BEV_CHANNELS,
+    ROAD_RGB,
+    BevRenderer,
+    FrontCamera,
+    _clean,
+    _cross,
+    _ear_clip,
+    bev_to_rgb,
+)
 from worlddrive.sim.state import CAR, CROSS, DASHED_WHITE, GREEN, RED, WAIT, RoadMap, WorldState, empty
 from worlddrive.sim.synthetic import synthetic_scene
 
@@ -164,3 +174,48 @@ def test_bev_light_channel_follows_the_light_state():
         assert raster[CH[lit], row - 48, col] == 1  # the stop line, 24 m ahead
         others = [CH[c] for c in ("light_green", "light_yellow", "light_red") if c != lit]
         assert raster[others].sum() == 0
+
+
+def _ear_clip_reference(p: np.ndarray) -> np.ndarray:
+    """The plain ear clipping `_ear_clip` must reproduce exactly (cached tiles, hence pixels, depend on it): every
+    step retests every candidate ear against every remaining vertex."""
+    ring, tris = np.arange(len(p)), []
+    while len(ring) > 3:
+        a, b, c = p[np.roll(ring, 1)], p[ring], p[np.roll(ring, -1)]
+        q = p[ring][None]
+        inside = (_cross(a[:, None], b[:, None], q) > 1e-9) & (_cross(b[:, None], c[:, None], q) > 1e-9)
+        inside &= _cross(c[:, None], a[:, None], q) > 1e-9
+        convex = _cross(a, b, c)
+        ear = (convex > 1e-12) & ~inside.any(axis=1)
+        cost = np.where(ear, np.linalg.norm(c - a, axis=1), np.inf)
+        k = int(np.argmin(cost)) if ear.any() else int(np.argmax(convex))
+        tris.append((ring[k - 1], ring[k], ring[(k + 1) % len(ring)]))
+        ring = np.delete(ring, k)
+    tris.append(tuple(ring))
+    return np.array(tris)
+
+
+def test_ear_clip_matches_the_reference():
+    rng = np.random.default_rng(0)
+    for m in (3, 4, 5, 9, 17, 40, 64):
+        for _ in range(10):
+            angle = np.sort(rng.uniform(0, 2 * np.pi, m))
+            poly = rng.uniform(1, 30, m)[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+            if rng.random() < 0.5:
+                poly = np.round(poly)  # collinear runs and ties
+            p = _clean(poly)
+            if len(p) >= 3:
+                assert np.array_equal(_ear_clip(p), _ear_clip_reference(p))
+
+
+def test_geometry_from_the_disk_cache_draws_the_same_pixels(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLDDRIVE_CACHE", str(tmp_path))
+    road, state = synthetic_scene(2)
+    road.name = "synthetic.net.xml"  # named maps (read from a network file) are cached on disk
+    cam, bev = FrontCamera(), BevRenderer()
+    fresh = cam.render(state, road), bev.render(state, road)
+    assert len(list(tmp_path.rglob("geometry_*.npz"))) == 1
+    loaded_road = copy.deepcopy(road)  # another map object with the same arrays: its geometry comes from the file
+    monkeypatch.setattr(camera, "_build_geometry", lambda road: pytest.fail("geometry rebuilt, not loaded"))
+    loaded = cam.render(state, loaded_road), bev.render(state, loaded_road)
+    assert all(np.array_equal(a, b) for a, b in zip(fresh, loaded, strict=True))

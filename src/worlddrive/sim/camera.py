@@ -10,9 +10,10 @@ tokens for a little more legibility.
 BEV: 128 x 128 px at 0.5 m/px, the ego 3/4 down facing up: 48 m ahead, 16 m behind, 32 m either side.
 
 Both renderers are pure functions of (state, road): deterministic, and they never write to either. Static road
-geometry is cut once per RoadMap (cached until the map is garbage-collected, so treat a map as immutable once drawn)
-into convex ground tiles with no edge longer than `TILE` metres; each frame culls tiles by distance, clips the rest
-against the near plane and fills them with one `cv2.fillPoly` call per colour.
+geometry is cut once per RoadMap (cached until the map is garbage-collected, so treat a map as immutable once drawn;
+a map read from a network file also on disk, once per machine) into convex ground tiles with no edge longer than
+`TILE` metres; each frame culls tiles by distance, clips the rest against the near plane and fills them with one
+`cv2.fillPoly` call per colour.
 `cv2.fillPoly` fills even-odd, so tiles of one colour that overlap are put in different batches (calls).
 3D objects (vehicle boxes, pedestrians, light and sign poles, lamps, sign plates) are flat-shaded convex faces,
 back-face culled and drawn far to near (painter's algorithm) after the ground.
@@ -20,16 +21,22 @@ back-face culled and drawn far to near (painter's algorithm) after the ground.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import os
+import tempfile
 import weakref
 import zlib
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Self
 
 import cv2
 import numpy as np
 from numpy.typing import ArrayLike
 
+from worlddrive.sim import state as _state
+from worlddrive.sim.network import cache_dir
 from worlddrive.sim.state import (
     CAR,
     DASHED_WHITE,
@@ -137,22 +144,40 @@ def _ear_clip(p: np.ndarray) -> np.ndarray:
     """Counter-clockwise simple polygon (K, 2) -> triangles (K-2, 3) as vertex indices.
 
     Of all ears it clips the one with the shortest new diagonal, which cuts strips (lanes, sidewalks) into zig-zags
-    instead of fans of ever longer slivers.
+    instead of fans of ever longer slivers. Incremental: clipping a vertex changes the candidate ears of its two
+    neighbours only, and for every other candidate removes one vertex that may have lain inside it, so each step
+    updates O(K) tests instead of redoing all O(K^2).
     """
-    ring, tris = np.arange(len(p)), []
-    while len(ring) > 3:
-        a, b, c = p[np.roll(ring, 1)], p[ring], p[np.roll(ring, -1)]  # (m, 2) each: candidate ears
-        q = p[ring][None]  # (1, m, 2): every remaining vertex
-        inside = (_cross(a[:, None], b[:, None], q) > 1e-9) & (_cross(b[:, None], c[:, None], q) > 1e-9)
-        inside &= _cross(c[:, None], a[:, None], q) > 1e-9  # (m, m)
-        convex = _cross(a, b, c)
-        ear = (convex > 1e-12) & ~inside.any(axis=1)
+    n = len(p)
+    prev, nxt = np.roll(np.arange(n), 1), np.roll(np.arange(n), -1)  # (K,) ring neighbours of each vertex
+    alive = np.ones(n, bool)
+
+    def ear_tests(v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate ears at vertices v: which vertices lie inside (V, K), convexity (V,), new diagonal (V,)."""
+        a, b, c = p[prev[v]], p[v], p[nxt[v]]
+        inside = (_cross(a[:, None], b[:, None], p[None]) > 1e-9) & (_cross(b[:, None], c[:, None], p[None]) > 1e-9)
+        inside &= _cross(c[:, None], a[:, None], p[None]) > 1e-9
+        return inside, _cross(a, b, c), np.linalg.norm(c - a, axis=1)
+
+    inside, convex, diag = ear_tests(np.arange(n))  # (K, K), (K,), (K,)
+    count = inside.sum(axis=1)  # (K,) remaining vertices inside each candidate
+    tris = []
+    for _ in range(n - 3):
+        ear = alive & (convex > 1e-12) & (count == 0)
         # A self-touching input may have no clean ear: clip the most convex vertex rather than loop forever.
-        cost = np.where(ear, np.linalg.norm(c - a, axis=1), np.inf)
-        k = int(np.argmin(cost)) if ear.any() else int(np.argmax(convex))
-        tris.append((ring[k - 1], ring[k], ring[(k + 1) % len(ring)]))
-        ring = np.delete(ring, k)
-    tris.append(tuple(ring))
+        if ear.any():
+            k = int(np.argmin(np.where(ear, diag, np.inf)))
+        else:
+            k = int(np.argmax(np.where(alive, convex, -np.inf)))
+        i, j = prev[k], nxt[k]
+        tris.append((i, k, j))
+        alive[k] = False
+        nxt[i], prev[j] = j, i
+        count -= inside[:, k]
+        v = np.array([i, j])
+        inside[v], convex[v], diag[v] = ear_tests(v)
+        count[v] = (inside[v] & alive).sum(axis=1)
+    tris.append(tuple(np.flatnonzero(alive)))
     return np.array(tris)
 
 
@@ -317,6 +342,7 @@ class _MapGeometry:
     camera: _Ground  # layers: sidewalks, drivable, white paint, yellow paint
     bev: _Ground  # layers: drivable, crosswalks
     lanes: np.ndarray  # (M, 2, 2) painted marking segments
+    lane_mid: np.ndarray  # (M, 2) their midpoints, for culling
 
 
 _GROUND_RGB = (SIDEWALK_RGB, ROAD_RGB, WHITE_RGB, YELLOW_RGB)  # by _MapGeometry.camera layer
@@ -341,23 +367,64 @@ def _build_geometry(road: RoadMap) -> _MapGeometry:
     white += [_strip_quads(line, STOP_HALF_WIDTH) for line in road.stop_lines]
     white += [_zebra(c) for c in road.crosswalks]
     crosswalks = np.array(road.crosswalks, np.float64).reshape(-1, 4, 2)
+    lanes = _cat([_segments(m, d) for m, d in zip(road.markings, dashes, strict=True)], (2, 2))
     return _MapGeometry(
         camera=_Ground.build([sidewalks, drivable, _cat(white, (4, 2)), _cat(yellow, (4, 2))]),
         bev=_Ground.build([drivable, crosswalks]),
-        lanes=_cat([_segments(m, d) for m, d in zip(road.markings, dashes, strict=True)], (2, 2)),
+        lanes=lanes,
+        lane_mid=lanes.mean(axis=1),
     )
 
 
 _GEOMETRY: dict[int, _MapGeometry] = {}
+# Cut geometry depends on the map, the code (this file, the marking kinds) and NumPy: a change makes a new cache key.
+_GEOMETRY_CODE = hashlib.sha1(
+    Path(__file__).read_bytes() + Path(_state.__file__).read_bytes() + np.__version__.encode()
+).hexdigest()
 
 
 def _geometry(road: RoadMap) -> _MapGeometry:
-    """Cached per RoadMap object; the entry is dropped when the map is collected, so a reused id() cannot alias."""
+    """Cached per RoadMap object; the entry is dropped when the map is collected, so a reused id() cannot alias.
+
+    Maps read from a network file (they have a name) are also cached on disk next to the networks: cutting a city
+    takes about a second and every worker process would otherwise repeat it for every layout it meets."""
     key = id(road)
     if key not in _GEOMETRY:
-        _GEOMETRY[key] = _build_geometry(road)
+        _GEOMETRY[key] = _stored_geometry(road) if road.name else _build_geometry(road)
         weakref.finalize(road, _GEOMETRY.pop, key, None)
     return _GEOMETRY[key]
+
+
+def _stored_geometry(road: RoadMap) -> _MapGeometry:
+    """`_build_geometry(road)` through a file keyed by the road's arrays and `_GEOMETRY_CODE`; written atomically, and
+    arrays round-trip exactly, so a loaded geometry draws the same pixels as a fresh one."""
+    h = hashlib.sha1(_GEOMETRY_CODE.encode())
+    for a in [*road.drivable, *road.sidewalks, *road.crosswalks, *road.markings, road.marking_kind, road.stop_lines]:
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    for part in (road.drivable, road.sidewalks, road.crosswalks, road.markings):
+        h.update(str(len(part)).encode())
+    try:
+        path = cache_dir() / f"geometry_{h.hexdigest()[:20]}.npz"
+    except OSError:  # no cache folder to be had: build every time, as without a disk cache
+        return _build_geometry(road)
+    names = [f.name for f in fields(_Ground)]
+    if path.exists():
+        with np.load(path) as z:
+            grounds = [_Ground(*(z[f"{g}_{n}"] for n in names)) for g in ("camera", "bev")]
+            return _MapGeometry(*grounds, z["lanes"], z["lane_mid"])
+    geo = _build_geometry(road)
+    arrays = {f"{g}_{n}": getattr(getattr(geo, g), n) for g in ("camera", "bev") for n in names}
+    partial = None
+    try:  # a cache that cannot be written (read-only or full disk) costs only the rebuild next time
+        fd, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial.npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays, lanes=geo.lanes, lane_mid=geo.lane_mid)
+        os.replace(partial, path)
+    except OSError:
+        if partial is not None:
+            Path(partial).unlink(missing_ok=True)
+    return geo
 
 
 # ----------------------------------------------------------------------------------------------- 3D objects
@@ -769,20 +836,23 @@ class BevRenderer:
         px = self._pixels(ground.hom[keep, :, :2], ego)
         for start, stop, layer in ground.runs(ground.group[keep]):
             cv2.fillPoly(raster[_BEV_GROUND_CH[layer]], px[start:stop], 1, cv2.LINE_8, SHIFT)
-        near = np.linalg.norm(geo.lanes.mean(axis=1) - ego[:2], axis=1) < self.reach + TILE
+        near = np.linalg.norm(geo.lane_mid - ego[:2], axis=1) < self.reach + TILE
         segs = self._pixels(geo.lanes[near], ego)
         cv2.polylines(raster[_CH["lanes"]], segs, False, 1, 1, cv2.LINE_8, SHIFT)
 
     def _draw_dynamic(self, raster: np.ndarray, state: WorldState) -> None:
         ego, mpp = state.ego, self.config.metres_per_px
+        # One call per object, with coordinates converted to Python ints once per kind rather than once per object.
+        vehicles = raster[_CH["vehicles"]]
         for box in self._pixels(box_corners(state.vehicles), ego):
-            cv2.fillConvexPoly(raster[_CH["vehicles"]], box, 1, cv2.LINE_8, SHIFT)
+            cv2.fillConvexPoly(vehicles, box, 1, cv2.LINE_8, SHIFT)
         radius = max(1, round(0.35 / mpp)) << SHIFT
-        for centre in self._pixels(state.pedestrians[:, :2], ego):
-            cv2.circle(raster[_CH["pedestrians"]], tuple(centre.tolist()), radius, 1, -1, cv2.LINE_8, SHIFT)
-        for line, s in zip(self._pixels(state.light_stop_line, ego), state.light_state, strict=True):
-            a, b = tuple(line[0].tolist()), tuple(line[1].tolist())
-            cv2.line(raster[_CH["light_green"] + int(s)], a, b, 1, 2, cv2.LINE_8, SHIFT)
+        pedestrians = raster[_CH["pedestrians"]]
+        for u, v in self._pixels(state.pedestrians[:, :2], ego).tolist():
+            cv2.circle(pedestrians, (u, v), radius, 1, -1, cv2.LINE_8, SHIFT)
+        lines = self._pixels(state.light_stop_line, ego).tolist()
+        for (a, b), s in zip(lines, state.light_state.tolist(), strict=True):
+            cv2.line(raster[_CH["light_green"] + s], tuple(a), tuple(b), 1, 2, cv2.LINE_8, SHIFT)
         if len(state.route) > 1:
             route = self._pixels(state.route, ego)[None]
             cv2.polylines(raster[_CH["route"]], route, False, 1, max(1, round(1.0 / mpp)), cv2.LINE_8, SHIFT)

@@ -8,10 +8,12 @@ future crosses its path first. It makes the demonstrations, the reasoning facts 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field
 
 import numpy as np
 from matplotlib.path import Path as MplPath
+from numpy.lib.stride_tricks import sliding_window_view
 
 from worlddrive.sim.route import RoutePath
 from worlddrive.sim.state import (
@@ -33,6 +35,7 @@ from worlddrive.sim.vehicle import N_WAYPOINTS, WAYPOINT_DT, BicycleLimits, pure
 from worlddrive.sim.world import World
 
 A_MAX, B_COMF, HEADWAY, DELTA = 2.0, 2.5, 1.2, 4
+SQRT_AB = np.sqrt(A_MAX * B_COMF)  # IDM's sqrt(a b), once (a NumPy scalar, as it was when computed per obstacle)
 MAX_LAT_ACC = 2.2  # m/s^2 in curves: comfortable and inside NAVSIM's comfort bounds
 JERK = 6.0  # m/s^3 limit on planned acceleration changes (NAVSIM bound: 8.37)
 STOP_WAIT_S = 1.0  # full stop at a stop sign before going on
@@ -41,6 +44,7 @@ START_ACCEL = 2.0  # m/s^2 assumed for a slow car that is pulling away
 WAIT_BREAK_S = 4.0  # s at a standstill after which standing cross traffic is assumed to wait for us
 STOP_DECEL = 1.6  # m/s^2: start a constant-deceleration stop when this much is needed
 RULES = frozenset({"vehicle", "light", "stop_sign", "pedestrian", "crossing_vehicle"})  # the Obstacle kinds
+Projection = tuple[np.ndarray, np.ndarray, np.ndarray]  # `Expert._project`: arc length, lateral offset, path heading
 
 
 @dataclass
@@ -52,6 +56,31 @@ class Obstacle:
     min_gap: float
     kind: str  # "vehicle", "light", "stop_sign", "pedestrian", "crossing_vehicle"
     ref: int = -1  # index into the state's arrays
+
+
+@dataclass
+class _Points:
+    """Every 2nd route point from one parity on (the windows `_project` searches are slices of it), with each point's
+    2 * PROJECT_STRIDE + 1 neighbours as strided rows, so that no step has to build them."""
+
+    xy: np.ndarray  # (Q, 2)
+    s: np.ndarray  # (Q,)
+    yaw: np.ndarray  # (Q,)
+    x: np.ndarray  # (Q,)
+    y: np.ndarray  # (Q,)
+    near_x: np.ndarray  # (Q, 2S+1) x of points q - S ... q + S (zero beyond the ends)
+    near_y: np.ndarray  # (Q, 2S+1)
+
+    @classmethod
+    def of(cls, route: RoutePath, parity: int) -> _Points:
+        xy = np.ascontiguousarray(route.xy[parity::2])
+        pad = np.zeros(PROJECT_STRIDE)
+
+        def near(a: np.ndarray) -> np.ndarray:
+            return sliding_window_view(np.concatenate([pad, a, pad]), 2 * PROJECT_STRIDE + 1)
+
+        x, y = xy[:, 0].copy(), xy[:, 1].copy()
+        return cls(xy, route.s[parity::2], route.yaw[parity::2], x, y, near(x), near(y))
 
 
 @dataclass(eq=False)
@@ -91,6 +120,11 @@ class Expert:
             ]
         )  # (S,)
         self.crosswalk_s = self._crosswalk_intervals(net.road.crosswalks)
+        self.crosswalk_lo = np.array([a - 2 for a, _ in self.crosswalk_s])  # (X,) with a 2 m margin
+        self.crosswalk_hi = np.array([b + 2 for _, b in self.crosswalk_s])
+        self._points = (_Points.of(self.route, 0), _Points.of(self.route, 1))
+        self._lateral: dict[tuple[str, int], str] = {}
+        self._route_s: list[float] = self.route.s.tolist()  # for bisect in the roll-out
         self.curve_speed = self._curve_speed_profile()
         self.reset()
 
@@ -133,7 +167,7 @@ class Expert:
         obstacles = [o for o in obstacles if o.kind in self.obey]
         accel = self._idm(v, float(self.curve_speed[w.ego_index]), obstacles, front)
         max_delta = JERK * 0.1 if accel > -4.5 else 1.0  # emergencies may exceed the comfort jerk
-        self.accel = float(np.clip(accel, self.accel - max_delta, self.accel + max_delta))
+        self.accel = _clip(accel, self.accel - max_delta, self.accel + max_delta)
         path = to_ego_frame(self.route.xy[w.ego_index : w.ego_index + 160], state.ego)
         steer = pure_pursuit(path, v, self.limits.wheelbase)
         trajectory = self._rollout(state, v, obstacles) if plan else np.zeros((N_WAYPOINTS, 3), np.float32)
@@ -159,13 +193,16 @@ class Expert:
                     term = -max(need, v / 0.3)
             else:
                 dv = v - ob.speed
-                s_star = ob.min_gap + max(0.0, v * HEADWAY + v * dv / (2 * np.sqrt(A_MAX * B_COMF)))
+                s_star = ob.min_gap + max(0.0, v * HEADWAY + v * dv / (2 * SQRT_AB))
                 idm = A_MAX * (1 - (v / v0) ** DELTA - (s_star / max(ob.s - front, 0.1)) ** 2)
                 term = max(idm, -max(need, 2.0))
             acc = min(acc, term)
         if v < 0.3 and acc < 0:
             acc = min(acc, -v / 0.1)  # come to a real stop instead of creeping over the line
-        return float(np.clip(acc, -self.limits.max_brake, A_MAX))
+        lo = -self.limits.max_brake
+        if type(acc) is float and type(lo) is float:
+            return _clip(acc, lo, A_MAX)
+        return float(np.clip(acc, lo, A_MAX))  # a float32 term made acc a float32: np.clip rounds the bounds to it
 
     def _rollout(self, state: WorldState, v: float, obstacles: list[Obstacle]) -> np.ndarray:
         """The plan: IDM forward 4 s along the route with obstacles moving at constant speed, in the ego frame."""
@@ -174,18 +211,21 @@ class Expert:
         out = np.zeros((N_WAYPOINTS, 3), np.float32)
         moving = [Obstacle(o.s, o.speed, o.min_gap, o.kind) for o in obstacles]
         steps = round(WAYPOINT_DT / 0.1)
+        last = len(self._route_s) - 1
+        at = []  # path index of each waypoint
         for k in range(N_WAYPOINTS * steps):
-            i = min(int(np.searchsorted(self.route.s, s)), len(self.route.s) - 1)
+            i = min(bisect_left(self._route_s, s), last)  # np.searchsorted(route.s, s), for one float
             target = self._idm(v, float(self.curve_speed[i]), moving, s + self.limits.length / 2)
-            acc = float(np.clip(target, acc - JERK * 0.1, acc + JERK * 0.1)) if k else acc
+            acc = _clip(target, acc - JERK * 0.1, acc + JERK * 0.1) if k else acc
             v_next = max(v + acc * 0.1, 0.0)
             s += 0.5 * (v + v_next) * 0.1
             v = v_next
             for o in moving:
                 o.s += o.speed * 0.1
             if (k + 1) % steps == 0:
-                i = min(int(np.searchsorted(self.route.s, s)), len(self.route.s) - 1)
-                out[(k + 1) // steps - 1] = (*to_ego_frame(self.route.xy[i], state.ego), self.route.yaw[i])
+                at.append(min(bisect_left(self._route_s, s), last))
+        out[:, :2] = to_ego_frame(self.route.xy[at], state.ego)
+        out[:, 2] = self.route.yaw[at]
         out[:, 2] = wrap_angle(out[:, 2] - state.ego[EGO_YAW])
         return out
 
@@ -205,7 +245,7 @@ class Expert:
             "lead": None,
             "cut_in": None,
             "right_of_way": "ego",
-            "lateral_action": _lateral_action(state.command, w.ego_lateral, r, w.ego_index),
+            "lateral_action": self._lateral_action(state.command, w.ego_index),
         }
         obstacles: list[Obstacle] = []
         # SUMO drivers cannot see the ego's junction approach, so away from a green light we give way to everyone.
@@ -239,44 +279,63 @@ class Expert:
                 if not served:
                     obstacles.append(Obstacle(line, 0.0, 0.5, "stop_sign", int(k)))
                     facts["right_of_way"] = "stop_sign"
-        obstacles += self._vehicle_obstacles(state, front, v, priority, facts)
-        obstacles += self._pedestrian_obstacles(state, front, facts)
+        # Vehicle centres, their corners (a car standing across our path reaches into it with its length) and
+        # pedestrians, in one projection: its cost is mostly per call.
+        veh, peds = state.vehicles, state.pedestrians
+        s, lat, yaw = self._project(np.concatenate([veh[:, :2], box_corners(veh).reshape(-1, 2), peds[:, :2]]))
+        n = 5 * len(veh)
+        obstacles += self._vehicle_obstacles(state, front, v, priority, facts, (s[:n], lat[:n], yaw[:n]))
+        obstacles += self._pedestrian_obstacles(state, front, facts, (s[n:], lat[n:], yaw[n:]))
         return obstacles, facts
 
-    def _window(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        i = self.world.ego_index
-        sl = slice(max(i - 20, 0), i + 200, 2)  # 1 m spacing: the tangent projection below restores precision
-        return self.route.xy[sl], self.route.s[sl], self.route.yaw[sl]
+    def _lateral_action(self, command: str, i: int) -> str:
+        """`_lateral_action`, remembered: it depends only on the (fixed) route, the path index and the command."""
+        key = (command, i)
+        if key not in self._lateral:
+            self._lateral[key] = _lateral_action(command, self.world.ego_lateral, self.route, i)
+        return self._lateral[key]
 
-    def _project(self, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _project(self, pts: np.ndarray) -> Projection:
         """Arc length, signed lateral offset and path heading of points (N, 2) near the path ahead.
 
-        Coarse to fine: the nearest of every 8th window point first, then its neighbours; it runs several times per
-        simulation step for every agent, so it is the expert's hot spot."""
-        xy, s, yaw = self._window()
-        w = len(xy)
-        coarse = np.arange(0, w, PROJECT_STRIDE)  # (Wc,)
-        d = pts[:, None, :] - xy[None, coarse]  # (N, Wc, 2)
-        k0 = coarse[np.argmin(np.einsum("nwc,nwc->nw", d, d), axis=1)]  # (N,)
-        near = np.clip(k0[:, None] + np.arange(-PROJECT_STRIDE, PROJECT_STRIDE + 1), 0, w - 1)  # (N, 2S+1)
-        d = pts[:, None, :] - xy[near]  # (N, 2S+1, 2)
-        k = near[np.arange(len(pts)), np.argmin(np.einsum("nwc,nwc->nw", d, d), axis=1)]  # (N,)
+        It searches a window of every 2nd path point (1 m spacing: the tangent projection below restores precision)
+        from 10 m behind the ego to 100 m ahead, coarse to fine: the nearest of every 8th window point first, then
+        its 8 neighbours either side (the nearest first one where distances tie). It runs several times per
+        simulation step for every agent, so it is the expert's hot spot: the window is a slice of precomputed rows,
+        x and y are kept apart, and every (N, ...) array is as small as it can be."""
+        i, stride = self.world.ego_index, PROJECT_STRIDE
+        start = max(i - 20, 0)
+        w = len(range(start, min(i + 200, len(self.route.s)), 2))  # window points
+        pts_all, b = self._points[start % 2], start // 2  # window index j is index b + j of pts_all
+        win = slice(b, b + w)
+        xy, s, yaw = pts_all.xy[win], pts_all.s[win], pts_all.yaw[win]
+        px, py = pts[:, 0:1].astype(np.float64), pts[:, 1:2].astype(np.float64)  # (N, 1)
+        dx, dy = px - pts_all.x[b : b + w : stride], py - pts_all.y[b : b + w : stride]  # (N, Wc)
+        k0 = stride * np.argmin(dx * dx + dy * dy, axis=1)  # (N,) window index of the nearest coarse point
+        dx, dy = px - pts_all.near_x[b + k0], py - pts_all.near_y[b + k0]  # (N, 2S+1): window k0 - S ... k0 + S
+        d2 = dx * dx + dy * dy
+        if len(k0) and (k0.min() < stride or k0.max() > w - 1 - stride):
+            # Neighbours beyond the window's ends are out. (Clamping them onto the end points, as a gather would,
+            # picks the same point: the end point is a candidate too, and the first of equals is taken.)
+            j = k0[:, None] + np.arange(-stride, stride + 1)
+            d2 = np.where((j >= 0) & (j < w), d2, np.inf)
+        k = k0 - stride + np.argmin(d2, axis=1)  # (N,)
         rel = pts - xy[k]
         c, sn = np.cos(yaw[k]), np.sin(yaw[k])
         return s[k] + rel[:, 0] * c + rel[:, 1] * sn, c * rel[:, 1] - sn * rel[:, 0], yaw[k]
 
     def _vehicle_obstacles(
-        self, state: WorldState, front: float, v: float, priority: bool, facts: dict
+        self, state: WorldState, front: float, v: float, priority: bool, facts: dict, projected: Projection
     ) -> list[Obstacle]:
+        """`projected`: `_project` of the N vehicle centres, then of their box corners (4N)."""
         veh = state.vehicles
         if not len(veh):
             return []
         half_w = self.limits.width / 2
-        _s, lat, path_yaw = self._project(veh[:, :2])
+        s, lat_all, path_yaw = projected
+        lat, path_yaw = lat_all[: len(veh)], path_yaw[: len(veh)]
+        cs, clat = s[len(veh) :].reshape(-1, 4), lat_all[len(veh) :].reshape(-1, 4)  # (N, 4)
         along = veh[:, 3] * np.cos(veh[:, 2] - path_yaw)
-        # Corners, not centres: a car standing across our path reaches into it with its length.
-        cs, clat, _ = self._project(box_corners(veh).reshape(-1, 2))
-        cs, clat = cs.reshape(-1, 4), clat.reshape(-1, 4)  # (N, 4)
         corridor = (np.abs(clat).min(1) < half_w + 0.4) | ((clat.min(1) < 0) & (clat.max(1) > 0))
         rear = cs.min(1)
         out = []
@@ -309,11 +368,9 @@ class Expert:
             fs, flat, _ = self._project(fut.reshape(-1, 2))
             fs, flat = fs.reshape(len(moving), 8), flat.reshape(len(moving), 8)
             inside = (np.abs(flat) < half_w + veh[moving, 5:6] / 2 + 0.5) & (fs > front - 2) & (fs - front < 60)
-            for m, n in enumerate(moving):
-                hits = np.nonzero(inside[m])[0]
-                if not len(hits):
-                    continue
-                h = hits[0]
+            first = inside.argmax(1)  # (M,) first future step inside the corridor, where there is one
+            for m in np.nonzero(inside.any(1))[0]:
+                n, h = moving[m], first[m]
                 t_other = float(t[h])
                 conflict_s = float(fs[m, h]) - veh[n, 5] / 2 - 1.5
                 t_ego = (conflict_s - front) / max(v, 2.0)
@@ -329,49 +386,60 @@ class Expert:
                         facts["right_of_way"] = "cross_traffic"
         return out
 
-    def _pedestrian_obstacles(self, state: WorldState, front: float, facts: dict) -> list[Obstacle]:
+    def _pedestrian_obstacles(
+        self, state: WorldState, front: float, facts: dict, projected: Projection
+    ) -> list[Obstacle]:
+        """`projected`: `_project` of the pedestrians."""
         peds = state.pedestrians
         if not len(peds):
             return []
         half_w = self.limits.width / 2
-        s, lat, path_yaw = self._project(peds[:, :2])
-        out = []
+        s, lat, path_yaw = projected
         near = (s > front - 1.0) & (s - front < 45)
         t = np.arange(1, 7) * 0.5  # 3 s of constant velocity
         heading = np.stack([np.cos(peds[:, 2]), np.sin(peds[:, 2])], -1)  # (M, 2)
-        rel_list = []
         idx = np.nonzero(near & (np.abs(lat) < 12))[0]
         # Where each candidate walks in the next 3 s, projected in one call.
         fut = peds[idx, None, :2] + t[None, :, None] * np.maximum(peds[idx, 3], 0)[:, None, None] * heading[idx, None]
         _, flat, _ = self._project(fut.reshape(-1, 2)) if len(idx) else (None, np.zeros(0), None)
-        entering_all = np.any(np.abs(flat.reshape(len(idx), len(t))) < half_w + 0.8, axis=1)  # (K,)
-        for n, entering in zip(idx, entering_all, strict=True):
-            in_path = abs(lat[n]) < half_w + 1.0
-            toward = -np.sign(lat[n]) * (np.cos(path_yaw[n]) * heading[n, 1] - np.sin(path_yaw[n]) * heading[n, 0])
-            slow = peds[n, 3] < 0.7  # lingering at the curb
-            about_to = (
-                state.pedestrian_intent[n] == CROSS and abs(lat[n]) < 7.0 and (toward > 0.3 or (slow and toward > -0.3))
-            )
-            on_crosswalk = any(a - 2 <= s[n] <= b + 2 for a, b in self.crosswalk_s) and abs(lat[n]) < 9.0
-            crosser = state.pedestrian_intent[n] == CROSS
-            if in_path or entering or about_to:
+        entering = np.any(np.abs(flat.reshape(len(idx), len(t))) < half_w + 0.8, axis=1)  # (K,)
+        # The same tests for every candidate at once; the loop below only writes what they found.
+        s_k, lat_k, yaw_k = s[idx], lat[idx], path_yaw[idx]
+        in_path = np.abs(lat_k) < half_w + 1.0
+        toward = -np.sign(lat_k) * (np.cos(yaw_k) * heading[idx, 1] - np.sin(yaw_k) * heading[idx, 0])
+        slow = peds[idx, 3] < 0.7  # lingering at the curb
+        crosser = state.pedestrian_intent[idx] == CROSS
+        about_to = crosser & (np.abs(lat_k) < 7.0) & ((toward > 0.3) | (slow & (toward > -0.3)))
+        on_crosswalk = ((self.crosswalk_lo <= s_k[:, None]) & (s_k[:, None] <= self.crosswalk_hi)).any(1)
+        on_crosswalk &= np.abs(lat_k) < 9.0
+        blocks = in_path | entering | about_to
+        out, rel_list = [], []
+        for j in np.nonzero(blocks | (np.abs(lat_k) < 8.0))[0]:
+            n = idx[j]
+            if blocks[j]:
                 out.append(Obstacle(float(s[n]) - 1.0, 0.0, 3.0, "pedestrian", int(n)))
                 facts["right_of_way"] = "pedestrian"
-            if in_path or entering or about_to or abs(lat[n]) < 8.0:
-                rel_list.append(
-                    (
-                        float(s[n] - front),
-                        {
-                            "side": "ahead" if abs(lat[n]) < half_w + 1.0 else ("left" if lat[n] > 0 else "right"),
-                            "distance": round(float(s[n] - front), 1),
-                            "intent": "cross" if crosser else "wait",
-                            "on_crosswalk": bool(on_crosswalk),
-                            "crossing_now": bool(crosser and (in_path or (entering and peds[n, 3] > 0.3))),
-                        },
-                    )
+            rel_list.append(
+                (
+                    float(s[n] - front),
+                    {
+                        "side": "ahead" if in_path[j] else ("left" if lat[n] > 0 else "right"),
+                        "distance": round(float(s[n] - front), 1),
+                        "intent": "cross" if crosser[j] else "wait",
+                        "on_crosswalk": bool(on_crosswalk[j]),
+                        "crossing_now": bool(crosser[j] and (in_path[j] or (entering[j] and peds[n, 3] > 0.3))),
+                    },
                 )
+            )
         facts["pedestrians"] = [p for _, p in sorted(rel_list, key=lambda x: x[0])[:3]]
         return out
+
+
+def _clip(x: float, lo: float, hi: float) -> float:
+    """float(np.clip(x, lo, hi)) for Python floats, the same to the bit (signed zeros included), without NumPy's call
+    overhead, which the 40-step roll-out pays many times per simulation step. Not for NumPy float32 scalars: np.clip
+    rounds the bounds to float32 for them."""
+    return float(min(max(x, lo), hi))
 
 
 def _speed_action(accel: float, v: float, obstacles: list[Obstacle], front: float) -> str:

@@ -182,6 +182,14 @@ class World:
         self._yellow_done = False
         self._tls_ids = sorted({lg.tls_id for lg in self.net.lights})
         self._lane_last = {lane: k for k, lane in enumerate(self.route.lane)}  # lane id -> last route index on it
+        # What every WorldState of this world shares; read-only, so that no reader can change another's state.
+        lights = self.net.lights
+        self._static = {
+            "light_pos": _frozen(np.asarray([lg.pos for lg in lights], np.float32).reshape(-1, 2)),
+            "light_yaw": _frozen(np.asarray([lg.yaw for lg in lights], np.float32)),
+            "light_stop_line": _frozen(np.asarray([lg.stop_line for lg in lights], np.float32).reshape(-1, 2, 2)),
+            "route": _frozen(self.route.xy.astype(np.float32)),
+        }
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -314,6 +322,8 @@ class World:
         return self.ego_s + self.ego.limits.length / 2
 
     def _rude_behaviour(self) -> None:
+        if all(rude.done for rude in self.spec.rude):
+            return  # nothing left to do: skip the (costly) read of every vehicle's subscription
         veh = libsumo.vehicle.getAllSubscriptionResults()
         for rude in self.spec.rude:
             if rude.done or rude.vid not in veh:
@@ -335,6 +345,8 @@ class World:
     def _hold_for_scripted_pedestrians(self) -> None:
         """SUMO drivers do not see our scripted pedestrians: stop any that would drive into one."""
         on_road = [p.pos for p in self.spec.scripted_pedestrians if p.phase == "cross"]
+        if not on_road and not self._held:
+            return  # no one to hold and no one to release
         veh = libsumo.vehicle.getAllSubscriptionResults()
         held = set()
         for vid, r in veh.items():
@@ -417,39 +429,35 @@ class World:
 
     def state(self) -> WorldState:
         veh = libsumo.vehicle.getAllSubscriptionResults()
-        rows, kinds, ids = [], [], []
-        for vid, r in veh.items():
-            if vid == "ego":
-                continue
-            x, y = r[tc.VAR_POSITION]
-            yaw = np.radians(90.0 - r[tc.VAR_ANGLE])
-            length = r[tc.VAR_LENGTH]
-            # SUMO reports the front bumper; our boxes are centred.
-            rows.append(
-                (
-                    x - 0.5 * length * np.cos(yaw),
-                    y - 0.5 * length * np.sin(yaw),
-                    yaw,
-                    r[tc.VAR_SPEED],
-                    length,
-                    r[tc.VAR_WIDTH],
-                )
-            )
-            kinds.append(TRUCK if r[tc.VAR_TYPE] == "truck" else CAR)
-            ids.append(vid)
+        ids = [vid for vid in veh if vid != "ego"]
+        rows = [veh[vid] for vid in ids]
+        # SUMO reports the front bumper and a compass angle; our boxes are centred, yaw counter-clockwise from +x.
+        # Computed in float64 for all vehicles at once, rounded to float32 once, like every other field.
+        v = np.array(
+            [(*r[tc.VAR_POSITION], r[tc.VAR_ANGLE], r[tc.VAR_SPEED], r[tc.VAR_LENGTH], r[tc.VAR_WIDTH]) for r in rows],
+            np.float64,  # given, not discovered: discovery costs more than the conversion
+        ).reshape(-1, 6)  # x, y of the front, angle, speed, length, width
+        yaw = np.radians(90.0 - v[:, 2])
+        v[:, 0] -= 0.5 * v[:, 4] * np.cos(yaw)
+        v[:, 1] -= 0.5 * v[:, 4] * np.sin(yaw)
+        v[:, 2] = yaw
         parked = self.spec.parked
-        vehicles = np.concatenate([np.asarray(rows, np.float32).reshape(-1, 6), parked.astype(np.float32)])
-        kinds += [PARKED] * len(parked)
+        vehicles = np.concatenate([v.astype(np.float32), parked.astype(np.float32)])
+        kinds = [TRUCK if r[tc.VAR_TYPE] == "truck" else CAR for r in rows] + [PARKED] * len(parked)
         ids += [f"parked{k}" for k in range(len(parked))]
-        peds, intents, pids = [], [], []
-        for pid, r in libsumo.person.getAllSubscriptionResults().items():
-            x, y = r[tc.VAR_POSITION]
-            peds.append((x, y, np.radians(90.0 - r[tc.VAR_ANGLE]), r[tc.VAR_SPEED]))
+        people = libsumo.person.getAllSubscriptionResults()
+        pids = list(people)
+        walkers = [people[pid] for pid in pids]
+        intents = []
+        for r in walkers:
             road, nxt = r[tc.VAR_ROAD_ID], r[tc.VAR_NEXT_EDGE]
             intents.append(CROSS if "_c" in road or ("_c" in nxt and ("_w" in road or road == "")) else WAIT)
-            pids.append(pid)
+        walk = np.array([(*r[tc.VAR_POSITION], r[tc.VAR_ANGLE], r[tc.VAR_SPEED]) for r in walkers], np.float64)
+        walk = walk.reshape(-1, 4)
+        walk[:, 2] = np.radians(90.0 - walk[:, 2])
+        scripted = [(p.pos[0], p.pos[1], p.yaw, p.vel) for p in self.spec.scripted_pedestrians]
+        peds = np.concatenate([walk.astype(np.float32), np.asarray(scripted, np.float32).reshape(-1, 4)])
         for k, p in enumerate(self.spec.scripted_pedestrians):
-            peds.append((p.pos[0], p.pos[1], p.yaw, p.vel))
             intents.append(p.intent)
             pids.append(f"s{k}")
         net = self.net
@@ -460,19 +468,21 @@ class World:
             vehicles=vehicles,
             vehicle_kind=np.asarray(kinds, np.int8),
             vehicle_ids=ids,
-            pedestrians=np.asarray(peds, np.float32).reshape(-1, 4),
+            pedestrians=peds,
             pedestrian_intent=np.asarray(intents, np.int8),
             pedestrian_ids=pids,
-            light_pos=np.asarray([lg.pos for lg in net.lights], np.float32).reshape(-1, 2),
-            light_yaw=np.asarray([lg.yaw for lg in net.lights], np.float32),
             light_state=self.light_states(),
-            light_stop_line=np.asarray([lg.stop_line for lg in net.lights], np.float32).reshape(-1, 2, 2),
             sign_pos=net.sign_pos,
             sign_yaw=net.sign_yaw,
             sign_kind=net.sign_kind,
             sign_value=net.sign_value,
             sign_stop_line=net.sign_stop_line,
-            route=self.route.xy.astype(np.float32),
             speed_limit=float(self.route.speed_limit[self.ego_index]),
             command=self.route.command_at(self.ego_s),
+            **self._static,
         )
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
