@@ -22,14 +22,16 @@ AR_RANGE = 4.0  # normalised units covered by the autoregressive bins, +-; farth
 
 
 class QueryRegression(nn.Module):
-    """One linear read-out per query, L1 loss. Deterministic: every one of K samples is the same trajectory."""
+    """One linear read-out per query, MSE or L1 loss (`config.regression_loss`). Deterministic: every one of K
+    samples is the same trajectory."""
 
     def __init__(self, config: PolicyConfig):
         super().__init__()
         self.head = nn.Linear(config.d_model, 3)
+        self.criterion = F.mse_loss if config.regression_loss == "mse" else F.l1_loss
 
     def loss(self, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.l1_loss(self.head(h), target)
+        return self.criterion(self.head(h), target)
 
     def predict(self, h: torch.Tensor, num_samples: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.head(h)[:, None].expand(-1, num_samples, -1, -1)  # (B, K, W, 3)
