@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from worlddrive.models import AutoregressiveTokens, FlowMatching, PolicyConfig
-from worlddrive.models.action import AR_RANGE, EXPERTS
+from worlddrive.models.action import AR_RANGE, EXPERTS, QueryRegression
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -27,6 +27,13 @@ def test_loss_and_predict_shapes(name: str) -> None:
     with torch.no_grad():
         out = expert.predict(hidden(), num_samples=4, generator=torch.Generator().manual_seed(1))
     assert out.shape == (B, 4, W, 3) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("name", "reduce"), [("mse", lambda e: (e**2).mean()), ("l1", lambda e: e.abs().mean())])
+def test_query_regression_loss_is_the_configured_one(name: str, reduce) -> None:
+    expert = QueryRegression(PolicyConfig.preset("tiny", regression_loss=name))
+    h, target = hidden(), torch.randn(B, W, 3)
+    assert expert.loss(h, target).item() == pytest.approx(reduce(expert.head(h) - target).item(), rel=1e-6)
 
 
 def test_flow_samples_differ_and_are_reproducible() -> None:

@@ -35,6 +35,7 @@ def test_unknown_override_is_named() -> None:
     ("overrides", "field"),
     [
         ({"action_expert": "diffusion"}, "action_expert='diffusion'"),
+        ({"regression_loss": "huber"}, "regression_loss='huber'"),
         ({"wm_heads": ("bev", "lidar")}, "wm_heads"),
         ({"wm_heads": ("bev", "bev")}, "wm_heads"),
         ({"patch_size": 6}, "patch_size=6"),

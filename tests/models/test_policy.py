@@ -237,9 +237,10 @@ def test_ego_history_is_seen_only_when_asked(make_policy, items: list, history: 
     assert same != history
 
 
-def test_a_checkpoint_older_than_ego_history_loads_with_it(make_policy, tmp_path: Path) -> None:
-    make_policy(ego_history=True).save_pretrained(tmp_path / "old")
+def test_a_checkpoint_older_than_ego_history_and_mse_loads_as_trained(make_policy, tmp_path: Path) -> None:
+    make_policy(ego_history=True, regression_loss="l1").save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / CONFIG_FILE).read_text())
-    del config["ego_history"]
+    del config["ego_history"], config["regression_loss"]
     (tmp_path / "old" / CONFIG_FILE).write_text(json.dumps(config))
-    assert WorldDrivePolicy.from_pretrained(tmp_path / "old").config.ego_history
+    loaded = WorldDrivePolicy.from_pretrained(tmp_path / "old").config
+    assert loaded.ego_history and loaded.regression_loss == "l1"
