@@ -270,6 +270,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "backbone": a.backbone,
             "instruction_encoder": a.instruction_encoder,
             "ego_history": a.ego_history,
+            "regression_loss": a.regression_loss,
         }
         if a.lambda_wm is not None:
             overrides["lambda_wm"] = a.lambda_wm
@@ -504,9 +505,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--instruction-encoder", default="bpe", choices=["bpe", "minilm"])
     t.add_argument(
         "--ego-history",
-        action="store_true",
-        help="also feed steering, yaw rate and past poses (off: the policy learns to copy its own past motion)",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="feed steering, yaw rate and past poses too (--no-ego-history: camera, speed and acceleration only)",
     )
+    t.add_argument("--regression-loss", default="l1", choices=["l1", "mse"], help="loss of the query action expert")
     t.add_argument("--data-fraction", type=float, default=1.0)
     t.add_argument("--max-steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=16)
