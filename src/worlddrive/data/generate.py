@@ -22,7 +22,7 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from worlddrive.data.format import PARTIAL, SHARDS, open_shard, shard_paths, write_metadata, write_shard
-from worlddrive.data.record import EpisodeRecord, record_episode
+from worlddrive.data.record import EpisodeRecord, check_perturb, record_episode
 from worlddrive.parallel import run_jobs
 from worlddrive.sim.camera import BevConfig, CameraConfig
 from worlddrive.sim.scenarios import FAMILIES
@@ -85,8 +85,7 @@ def generate(
     `record_fn` stands in for `record_episode` in tests; it must be importable by the worker processes.
     """
     _check_args(families, episodes, workers, episodes_per_shard)
-    if not 0.0 <= perturb <= 1.0:
-        raise ValueError(f"perturb must be a probability within [0, 1], got {perturb}")
+    check_perturb(perturb)
     out = Path(out)
     _check_writable(out)
     camera, bev = camera or CameraConfig(), bev or BevConfig()

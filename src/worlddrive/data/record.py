@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from worlddrive.data.annotate import SceneFacts, instruction, reasoning
-from worlddrive.eval.metrics import InfractionTracker
+from worlddrive.eval.metrics import InfractionTracker, StepInfractions
 from worlddrive.sim.camera import BevConfig, BevRenderer, CameraConfig, FrontCamera
 from worlddrive.sim.expert import Expert
 from worlddrive.sim.scenarios import make_family
@@ -79,8 +79,7 @@ def record_episode(
     With probability `perturb` (decided by the seed) the episode is driven with noise bursts (see the module doc);
     it then ends at its first collision or red light, so that no sample learns from a crash.
     """
-    if not 0.0 <= perturb <= 1.0:
-        raise ValueError(f"perturb must be a probability within [0, 1], got {perturb}")
+    check_perturb(perturb)
     fam = make_family(family, family_config)
     spec = fam.make(seed)
     world = World(spec)
@@ -118,6 +117,11 @@ def record_episode(
     return _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world, noisy)
 
 
+def check_perturb(perturb: float) -> None:
+    if not 0.0 <= perturb <= 1.0:
+        raise ValueError(f"perturb must be a probability within [0, 1], got {perturb}")
+
+
 class NoiseBursts:
     """The noise of a perturbed episode, drawn from its seed. During a burst the executed controls are the expert's
     controls at the burst's start plus a yaw-rate and an acceleration offset: the expert's corrections are ignored
@@ -150,7 +154,7 @@ class NoiseBursts:
         return accel, steer
 
 
-def _infraction(step) -> bool:
+def _infraction(step: StepInfractions) -> bool:
     """Ends a perturbed episode. Leaving the lane's paint (off-road) does not: the way back is what it is for."""
     return bool(step.collisions or step.red_light)
 
