@@ -269,11 +269,10 @@ def cmd_train(a: argparse.Namespace) -> int:
             "wm_heads": heads,
             "backbone": a.backbone,
             "instruction_encoder": a.instruction_encoder,
-            "ego_history": a.ego_history,
-            "regression_loss": a.regression_loss,
         }
-        if a.lambda_wm is not None:
-            overrides["lambda_wm"] = a.lambda_wm
+        for name in ("lambda_wm", "ego_history", "regression_loss"):  # when not given, the preset's value
+            if getattr(a, name) is not None:
+                overrides[name] = getattr(a, name)
         config = PolicyConfig.preset(a.config, **overrides)
         base = train_ds.dataset if isinstance(train_ds, Subset) else train_ds
         policy = WorldDrivePolicy(
@@ -506,10 +505,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--ego-history",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="feed steering, yaw rate and past poses too (--no-ego-history: camera, speed and acceleration only)",
+        help="feed steering, yaw rate and past poses too (--no-ego-history: camera, speed and acceleration only); "
+        "default: the preset's",
     )
-    t.add_argument("--regression-loss", default="l1", choices=["l1", "mse"], help="loss of the query action expert")
+    t.add_argument("--regression-loss", choices=["l1", "mse"], help="query expert's loss; default: the preset's")
     t.add_argument("--data-fraction", type=float, default=1.0)
     t.add_argument("--max-steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=16)

@@ -188,7 +188,7 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
     acting within their future: controls of steps 5i ... 5(i + FUTURE) - 1 make keyframes i + 1 ... i + FUTURE."""
     n = len(keys) - FUTURE - PAST
     idx = np.arange(PAST, PAST + max(n, 0), dtype=np.int32)
-    idx = idx[[not noisy[KEY_EVERY * i : KEY_EVERY * (i + FUTURE)].any() for i in idx]].astype(np.int32)
+    idx = idx[np.array([not noisy[KEY_EVERY * i : KEY_EVERY * (i + FUTURE)].any() for i in idx], bool)]
     ego = np.stack([keys[i].ego for i in idx]) if len(idx) else np.zeros((0, 7), np.float32)
     traj = np.zeros((len(idx), FUTURE, 3), np.float32)
     past = np.zeros((len(idx), PAST, 3), np.float32)
