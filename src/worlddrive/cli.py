@@ -83,6 +83,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         ray_address=a.ray_address,
         episodes_per_shard=a.episodes_per_shard,
         perturb=a.perturb,
+        takeover=a.takeover,
     )
     dt = time.time() - t0
     counts = info["counts"]
@@ -458,6 +459,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of episodes driven with steering/speed noise bursts that the expert recovers from (recovery "
         "data against compounding errors; samples with noise in their future are dropped)",
+    )
+    g.add_argument(
+        "--takeover",
+        default=None,
+        help="a policy (builtin or a RUN folder) that drives the bursts of perturbed episodes instead of noise: "
+        "DAgger-style data, the states it leads to labelled by the expert's recovery",
     )
     g.set_defaults(fn=cmd_generate)
 

@@ -1,6 +1,8 @@
 """Generation is deterministic, resumable after any crash (even SIGKILL), refuses bad input early, and scales out."""
 
+import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +14,7 @@ from conftest import fake_record_episode, make_dataset
 
 from worlddrive.data.format import load_info, read_shard, validate
 from worlddrive.data.generate import generate, plan
+from worlddrive.eval.drivers import BUILTIN
 from worlddrive.sim.camera import BevConfig, CameraConfig
 
 TESTS_DIR = Path(__file__).parent
@@ -135,6 +138,26 @@ def test_perturb_is_recorded_and_checked(tmp_path):
     assert make_dataset(tmp_path, perturb=0.25, record_fn=_explode) == info  # a rerun with the same settings
     with pytest.raises(ValueError, match="perturb must be a probability"):
         make_dataset(tmp_path / "bad", perturb=1.5)
+
+
+def test_takeover_policy_and_its_weights_are_recorded_and_checked(tmp_path):
+    policy = tmp_path / "policy"
+    shutil.copytree(BUILTIN, policy)
+    out = tmp_path / "data"
+    info = make_dataset(out, perturb=1.0, takeover=str(policy))
+    digest = hashlib.sha256((policy / "model.safetensors").read_bytes()).hexdigest()
+    assert info["generator"]["takeover"] == {"policy": str(policy), "weights_sha256": digest}
+    assert make_dataset(out, perturb=1.0, takeover=str(policy), record_fn=_explode) == info
+    with (policy / "model.safetensors").open("ab") as f:  # other weights under the same path
+        f.write(b"0")
+    with pytest.raises(ValueError, match="other recording settings"):
+        make_dataset(out, perturb=1.0, takeover=str(policy), record_fn=_explode)
+    with pytest.raises(ValueError, match="perturb > 0"):
+        make_dataset(tmp_path / "none", takeover="builtin")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        make_dataset(tmp_path / "missing", perturb=1.0, takeover=str(tmp_path / "nowhere"))
+    rule_based = make_dataset(tmp_path / "idm", perturb=1.0, takeover="idm")
+    assert rule_based["generator"]["takeover"] == {"policy": "idm"}
 
 
 def test_more_episodes_extend_a_single_family_run(tmp_path):

@@ -10,7 +10,9 @@ With a Ray address the same shard tasks go to a cluster; the output folder must 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -40,13 +42,20 @@ class ShardJob:
     bev: BevConfig
     record_fn: RecordFn
     perturb: float = 0.0
+    takeover: str | None = None  # a driver spec (builtin or a checkpoint) that drives the bursts instead of noise
+    takeover_sha256: str = ""  # of its weights: a resume with other weights under the same path is refused
+    threads: int = 0  # torch threads of the takeover policy in each worker
 
     @property
     def config(self) -> dict[str, Any]:
         """Recording settings as stored in shard attrs (JSON types, so a rerun compares equal)."""
-        config = {"camera": asdict(self.camera), "bev": asdict(self.bev)}
+        config: dict[str, Any] = {"camera": asdict(self.camera), "bev": asdict(self.bev)}
         if self.perturb:  # absent when 0, so shards written before the option existed still match their plan
             config["perturb"] = self.perturb
+        if self.takeover:
+            config["takeover"] = {"policy": self.takeover}
+            if self.takeover_sha256:  # a rule-based driver has no weights
+                config["takeover"]["weights_sha256"] = self.takeover_sha256
         return json.loads(json.dumps(config))
 
 
@@ -58,7 +67,11 @@ def plan(families: list[str], episodes: int, seed: int, episodes_per_shard: int)
 
 def run_job(job: ShardJob) -> tuple[int, int]:
     """Record and write one shard; returns (episodes, samples)."""
-    kwargs = {"perturb": job.perturb} if job.perturb else {}
+    kwargs: dict[str, Any] = {"perturb": job.perturb} if job.perturb else {}
+    if job.takeover:
+        from worlddrive.eval.drivers import cached_driver
+
+        kwargs["takeover"] = cached_driver(job.takeover, job.threads)
     records = [job.record_fn(f, s, camera=job.camera, bev=job.bev, **kwargs) for f, s in job.episodes]
     attrs = write_shard(job.path, records, job.config)
     return len(records), sum(attrs["episode_samples"])
@@ -77,20 +90,26 @@ def generate(
     bev: BevConfig | None = None,
     record_fn: RecordFn = record_episode,
     perturb: float = 0.0,
+    takeover: str | None = None,
 ) -> dict[str, Any]:
     """Generate `episodes` episodes per family into `out`, or finish an interrupted run; returns info.json's dict.
 
     `perturb`: the share of episodes driven with noise bursts for recovery data (record.py); 0 records the expert
-    as it drives.
+    as it drives. `takeover`: a learned policy (builtin or a checkpoint) that drives those bursts instead of noise
+    (DAgger-style data); its weights' hash is recorded.
     `record_fn` stands in for `record_episode` in tests; it must be importable by the worker processes.
     """
     _check_args(families, episodes, workers, episodes_per_shard)
     check_perturb(perturb)
+    sha = _takeover_sha256(takeover, perturb)
     out = Path(out)
     _check_writable(out)
     camera, bev = camera or CameraConfig(), bev or BevConfig()
+    threads = max(1, (os.cpu_count() or 1) // workers) if takeover and not ray_address else 0
     jobs = [
-        ShardJob(out / SHARDS / f"shard_{i:05d}.zarr", eps, camera, bev, record_fn, float(perturb))
+        ShardJob(
+            out / SHARDS / f"shard_{i:05d}.zarr", eps, camera, bev, record_fn, float(perturb), takeover, sha, threads
+        )
         for i, eps in enumerate(plan(families, episodes, seed, episodes_per_shard))
     ]
     todo = _pending(out, jobs)
@@ -116,6 +135,19 @@ def _check_args(families: list[str], episodes: int, workers: int, episodes_per_s
     for name, value in (("episodes", episodes), ("workers", workers), ("episodes_per_shard", episodes_per_shard)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _takeover_sha256(takeover: str | None, perturb: float) -> str:
+    """The takeover policy's weights hash; checks that there are bursts for it to drive and that it loads."""
+    if not takeover:
+        return ""
+    if not perturb:
+        raise ValueError("a takeover policy drives the bursts of perturbed episodes: give perturb > 0 too")
+    from worlddrive.eval.drivers import BASELINES, policy_dir
+
+    if takeover in BASELINES:
+        return ""
+    return hashlib.sha256((policy_dir(takeover) / "model.safetensors").read_bytes()).hexdigest()
 
 
 def _check_writable(out: Path) -> None:

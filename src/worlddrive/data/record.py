@@ -9,12 +9,18 @@ expert's controls, so the ego drifts off its lane or off its speed and the exper
 kept only if no noise acts within its 4 s future: its label is what the expert really did from the displaced state,
 and its past (frames, poses) shows the drift. A policy trained on expert data alone never sees such states and,
 once off the line in closed loop, keeps going (behaviour cloning's compounding error).
+
+DAgger-style data: with a `takeover` driver (a learned policy), the bursts are driven by that policy instead of noise.
+The states kept are then the ones the policy really leads to (its drift on a curve, its run at a stop line), each
+labelled by the expert's recovery from there, so the next policy learns to correct the mistakes this one makes.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +33,9 @@ from worlddrive.sim.state import EGO_SPEED, EGO_YAW, WorldState, to_ego_frame, w
 from worlddrive.sim.vehicle import DT
 from worlddrive.sim.world import World
 
+if TYPE_CHECKING:
+    from worlddrive.eval.drivers import Driver
+
 KEY_EVERY = 5  # simulation steps per keyframe: 10 Hz -> 2 Hz
 FUTURE = 8  # keyframes ahead: 0.5 ... 4 s
 PAST = 2  # keyframes behind: 0.5, 1 s
@@ -38,6 +47,7 @@ COMMANDS = ("follow", "straight", "left", "right")
 # acceleration (m/s^2) offsets, drawn uniformly; the yaw-rate offset's sign is random
 BURST_FIRST_S, BURST_GAP_S, BURST_LENGTH_S = (1.0, 4.0), (5.0, 10.0), (0.5, 1.5)
 BURST_YAW_RATE, BURST_ACCEL = (0.05, 0.2), (-2.0, 1.0)
+TAKEOVER_LENGTH_S = (1.0, 3.0)  # a learned policy's bursts: longer, its mistakes grow slower than noise's
 
 
 @dataclass
@@ -73,11 +83,13 @@ def record_episode(
     bev: BevConfig | None = None,
     family_config: dict | None = None,
     perturb: float = 0.0,
+    takeover: Driver | None = None,
 ) -> EpisodeRecord:
     """Drive the expert through (family, seed) and collect every keyframe that has 1 s of past and 4 s of future.
 
-    With probability `perturb` (decided by the seed) the episode is driven with noise bursts (see the module doc);
-    it then ends at its first collision or red light, so that no sample learns from a crash.
+    With probability `perturb` (decided by the seed) the episode is driven with bursts of noise, or of the `takeover`
+    driver when given (see the module doc); it then ends at its first collision or red light, so that no sample
+    learns from a crash.
     """
     check_perturb(perturb)
     fam = make_family(family, family_config)
@@ -88,9 +100,13 @@ def record_episode(
     rng = np.random.default_rng([seed, 7])
     state = world.reset()
     steps = round(spec.duration_s / DT)
-    noise = NoiseBursts(seed, steps) if np.random.default_rng([seed, 17]).random() < perturb else None
+    bursts: Bursts | None = None
+    if np.random.default_rng([seed, 17]).random() < perturb:
+        wheelbase = world.ego.limits.wheelbase
+        bursts = NoiseBursts(seed, steps, wheelbase) if takeover is None else Takeover(seed, steps, takeover)
+        bursts.reset(world)
     tracker = None
-    if noise is not None:
+    if bursts is not None:
         tracker = InfractionTracker(world.net.road, dt=DT)
         tracker.update(state)
     keys: list[WorldState] = []
@@ -108,12 +124,12 @@ def record_episode(
         if k == steps or world.ego_s >= world.route.length - 5.0:
             break
         accel, steer = out.accel, out.steer
-        if noise is not None:
-            accel, steer = noise(k, accel, steer, float(state.ego[EGO_SPEED]), world.ego.limits.wheelbase)
+        if bursts is not None:
+            accel, steer = bursts(k, state, accel, steer)
         state = world.step(accel, steer)
         if tracker is not None and _infraction(tracker.update(state)):
             break
-    noisy = np.zeros(steps + 1, bool) if noise is None else noise.active
+    noisy = np.zeros(steps + 1, bool) if bursts is None else bursts.active
     return _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world, noisy)
 
 
@@ -122,36 +138,79 @@ def check_perturb(perturb: float) -> None:
         raise ValueError(f"perturb must be a probability within [0, 1], got {perturb}")
 
 
-class NoiseBursts:
+def _bursts(rng: np.random.Generator, steps: int, length_s: tuple[float, float]) -> Iterator[slice]:
+    """The sim steps of each burst: the first starts within BURST_FIRST_S, each is followed by a gap of BURST_GAP_S
+    (longer than a sample's 4 s future, so samples in between are kept). Draws from `rng` in a fixed order."""
+    t = rng.uniform(*BURST_FIRST_S)
+    while t < steps * DT:
+        length = rng.uniform(*length_s)
+        yield slice(round(t / DT), round((t + length) / DT))
+        t += length + rng.uniform(*BURST_GAP_S)
+
+
+class Bursts:
+    """Who drives at each step of a perturbed episode: the expert, except during bursts (`active`, per sim step)."""
+
+    active: np.ndarray  # (steps + 1,) bool
+
+    def reset(self, world: World) -> None:
+        """Start of the episode."""
+
+    def __call__(self, k: int, state: WorldState, accel: float, steer: float) -> tuple[float, float]:
+        """Step k's executed (accel, steer), given the state and the expert's controls."""
+        raise NotImplementedError
+
+
+class NoiseBursts(Bursts):
     """The noise of a perturbed episode, drawn from its seed. During a burst the executed controls are the expert's
     controls at the burst's start plus a yaw-rate and an acceleration offset: the expert's corrections are ignored
     until the burst ends, as a policy that misjudged the road would, so the ego really drifts (0.5-2 m, 1-2 m/s)."""
 
-    def __init__(self, seed: int, steps: int):
+    def __init__(self, seed: int, steps: int, wheelbase: float):
         rng = np.random.default_rng([seed, 19])
+        self.wheelbase = wheelbase
         self.offset = np.zeros((steps + 1, 2))  # (steps + 1, 2) yaw rate (rad/s), acceleration (m/s^2)
-        self.active = np.zeros(steps + 1, bool)  # (steps + 1,) a burst acts on this step's controls
-        t = rng.uniform(*BURST_FIRST_S)
-        while t < steps * DT:
-            length = rng.uniform(*BURST_LENGTH_S)
-            burst = slice(round(t / DT), round((t + length) / DT))
+        self.active = np.zeros(steps + 1, bool)
+        for burst in _bursts(rng, steps, BURST_LENGTH_S):
             self.offset[burst] = rng.choice((-1.0, 1.0)) * rng.uniform(*BURST_YAW_RATE), rng.uniform(*BURST_ACCEL)
             self.active[burst] = True
-            t += length + rng.uniform(*BURST_GAP_S)
         self._held: tuple[float, float] | None = None
 
-    def __call__(self, k: int, accel: float, steer: float, speed: float, wheelbase: float) -> tuple[float, float]:
-        """Step k's executed (accel, steer) given the expert's; the yaw-rate offset becomes steering at this speed.
-        A slow ego is not pushed forward (it would be shoved over a stop line it is waiting at)."""
+    def __call__(self, k: int, state: WorldState, accel: float, steer: float) -> tuple[float, float]:
+        """The yaw-rate offset becomes steering at this speed. A slow ego is not pushed forward (it would be shoved
+        over a stop line it is waiting at)."""
         if not self.active[k]:
             self._held = None
             return accel, steer
         if self._held is None:
             self._held = accel, steer
+        speed = float(state.ego[EGO_SPEED])
         yaw_rate, extra = self.offset[k]
-        steer = self._held[1] + float(np.arctan(yaw_rate * wheelbase / max(speed, 3.0)))
+        steer = self._held[1] + float(np.arctan(yaw_rate * self.wheelbase / max(speed, 3.0)))
         accel = self._held[0] + (float(extra) if speed > 2.0 or extra < 0 else 0.0)
         return accel, steer
+
+
+class Takeover(Bursts):
+    """Bursts in which `driver` (a learned policy) drives. It also sees the 1 s before each burst, so that it starts
+    with the frame history it drives with in closed loop."""
+
+    def __init__(self, seed: int, steps: int, driver: Driver):
+        self.driver = driver
+        self.active = np.zeros(steps + 1, bool)
+        for burst in _bursts(np.random.default_rng([seed, 23]), steps, TAKEOVER_LENGTH_S):
+            self.active[burst] = True
+        warm = PAST * KEY_EVERY  # the policy's frame history, in sim steps
+        self.observe = np.convolve(self.active, np.ones(warm + 1), "full")[warm:] > 0  # active now or within `warm`
+
+    def reset(self, world: World) -> None:
+        self.driver.reset(world)
+
+    def __call__(self, k: int, state: WorldState, accel: float, steer: float) -> tuple[float, float]:
+        if not self.observe[k]:
+            return accel, steer
+        out = self.driver.act(state)
+        return (out.accel, out.steer) if self.active[k] else (accel, steer)
 
 
 def _infraction(step: StepInfractions) -> bool:

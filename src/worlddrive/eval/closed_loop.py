@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from worlddrive.eval.drivers import Driver, ExpertDriver, make_driver
+from worlddrive.eval.drivers import Driver, ExpertDriver, cached_driver
 from worlddrive.eval.metrics import DriveScore, InfractionTracker
 from worlddrive.parallel import run_jobs
 from worlddrive.sim.expert import ExpertOutput
@@ -134,21 +134,13 @@ class EpisodeJob:
     threads: int = 0  # torch threads of a learned driver; 0 leaves torch's default
 
 
-_drivers: dict[str, Driver] = {}  # per worker process: a policy is loaded once, not once per episode
-
-
 def run_job(job: EpisodeJob) -> EpisodeResult:
     """One episode in this process; a driver that fails to load is a failed episode with its traceback too."""
-    if job.driver not in _drivers:
-        if job.threads:
-            import torch
-
-            torch.set_num_threads(job.threads)
-        try:
-            _drivers[job.driver] = make_driver(job.driver)
-        except Exception:
-            return EpisodeResult(job.family, job.seed, job.driver, None, 0.0, 0.0, 0, error=traceback.format_exc())
-    return run_episode(job.family, job.seed, _drivers[job.driver], job.expert_progress_m)
+    try:
+        driver = cached_driver(job.driver, job.threads)
+    except Exception:
+        return EpisodeResult(job.family, job.seed, job.driver, None, 0.0, 0.0, 0, error=traceback.format_exc())
+    return run_episode(job.family, job.seed, driver, job.expert_progress_m)
 
 
 def run_episodes(

@@ -133,3 +133,17 @@ def make_driver(spec: str, reason_every: int = 0, plan: bool = False) -> Driver:
     path = policy_dir(spec)
     name = "builtin" if spec == "builtin" else path.parent.name if path.name == "policy" else path.name
     return PolicyDriver(WorldDrivePolicy.from_pretrained(path), name, reason_every)
+
+
+_cache: dict[str, Driver] = {}  # per worker process: a policy is loaded once, not once per episode
+
+
+def cached_driver(spec: str, threads: int = 0) -> Driver:
+    """`make_driver(spec)`, built once per process; `threads` > 0 sets torch's threads first (one per worker)."""
+    if spec not in _cache:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        _cache[spec] = make_driver(spec)
+    return _cache[spec]
