@@ -110,6 +110,24 @@ def test_train_writes_a_loadable_policy_and_resumes(split_data_dir, tmp_path, ca
         main([*argv, "--data-fraction", "0"])
 
 
+def test_fine_tuning_from_a_checkpoint_on_a_union_of_datasets(split_data_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    data = str(split_data_dir)
+    argv = ["train", "--config", "tiny", "--batch-size", "4", "--max-steps", "2", "--open-loop-samples", "0"]
+    assert main([*argv, "--data", data, "--out", str(tmp_path / "base")]) == 0
+    start = load_file(tmp_path / "base" / "policy" / "model.safetensors")
+    tuned = tmp_path / "tuned"
+    assert main([*argv, "--data", f"{data},{data}", "--out", str(tuned), "--init", str(tmp_path / "base")]) == 0
+    assert result_line(capsys.readouterr().out)["steps"] == "2"
+    after = load_file(tuned / "policy" / "model.safetensors")
+    assert after.keys() == start.keys() and any(not (after[k] == start[k]).all() for k in start)
+    for name in ("tokenizer.json", "stats.json", "config.json"):  # the checkpoint's, not rebuilt from the data
+        assert (tuned / "policy" / name).read_text() == (tmp_path / "base" / "policy" / name).read_text()
+    with pytest.raises(SystemExit, match=r"not the model these flags describe .*'wm_heads': \(\[\], \['frame'\]\)"):
+        main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "base"), "--wm", "frame"])
+
+
 def test_world_model_training_with_a_trained_tokenizer(split_data_dir, tmp_path, capsys):
     vq = tmp_path / "vq"
     argv = ["train-tokenizer", "--data", str(split_data_dir), "--out", str(vq), "--steps", "3", "--batch-size", "4"]

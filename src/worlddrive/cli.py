@@ -6,7 +6,6 @@ Every command that measures prints one machine-readable line last: `RESULT key=v
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -237,11 +236,10 @@ def _print_table(console, rows: list[dict], title: str) -> None:
 
 def cmd_train(a: argparse.Namespace) -> int:
     """Train a policy on a dataset; resumable: the same command after a kill continues from the last save."""
-    import numpy as np
     import torch
-    from torch.utils.data import Subset
 
     from worlddrive.data.dataset import WorldDriveDataset
+    from worlddrive.data.format import load_stats
     from worlddrive.models import PolicyConfig, WorldDrivePolicy
     from worlddrive.models.text import corpus, train_tokenizer
     from worlddrive.train import TrainConfig, train
@@ -250,20 +248,15 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise SystemExit(f"error: --data-fraction must be in (0, 1], got {a.data_fraction}")
     out = _writable_dir(Path(a.out))
     fields = WorldDriveDataset.fields_for(a.wm.split(","))  # action-only skips future frames and BEV rasters
-    train_ds, val_ds = (WorldDriveDataset(a.data, split, fields=fields) for split in ("train", "val"))
-    if a.data_fraction < 1:  # a seeded choice of whole episodes, the same for every variant of an ablation
-        keep = np.random.default_rng(a.seed).permutation(len(train_ds.episodes))
-        keep = keep[: max(1, round(a.data_fraction * len(keep)))]
-        train_ds = Subset(train_ds, np.nonzero(np.isin(train_ds.item_episode, keep))[0].tolist())
+    roots = [d for d in a.data.split(",") if d]
+    train_ds, val_ds = (_union(roots, split, fields, a.data_fraction, a.seed) for split in ("train", "val"))
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun
     heads = tuple(h for h in a.wm.split(",") if h)
-    if "vq" in heads and not a.vq:
+    if "vq" in heads and not a.vq and not a.init:
         raise SystemExit("error: --wm vq needs --vq DIR, a tokenizer trained by `worlddrive train-tokenizer`")
     saved = out / "policy"
     if saved.exists():  # resume: the tokenizer, stats and config of the first run, weights from train_state
-        saved_config = PolicyConfig.from_dict(json.loads((saved / "config.json").read_text()))
-        policy = WorldDrivePolicy.from_pretrained(saved, world_model=_world_model(a, saved_config))
-        policy.train()
+        policy = WorldDrivePolicy.from_pretrained(saved)
     else:
         overrides = {
             "action_expert": a.action_expert,
@@ -275,11 +268,13 @@ def cmd_train(a: argparse.Namespace) -> int:
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)
         config = PolicyConfig.preset(a.config, **overrides)
-        base = train_ds.dataset if isinstance(train_ds, Subset) else train_ds
-        policy = WorldDrivePolicy(
-            config, train_tokenizer(corpus(base.root), config.vocab_size), base.stats, _world_model(a, config)
-        )
+        if a.init:
+            policy = _fine_tuned(a.init, config)
+        else:
+            tokenizer = train_tokenizer(corpus(Path(roots[0])), config.vocab_size)
+            policy = WorldDrivePolicy(config, tokenizer, load_stats(Path(roots[0])), _world_model(a, config))
         policy.save_pretrained(saved)
+    policy.train()
     torch.manual_seed(a.seed)
     cfg = TrainConfig(
         max_steps=a.max_steps,
@@ -318,6 +313,42 @@ def cmd_train(a: argparse.Namespace) -> int:
         **{k: metrics[k] for k in OPEN_LOOP_RESULT if k in metrics},
     )
     return 0
+
+
+def _union(roots: list[str], split: str, fields, fraction: float, seed: int):
+    """The split of one dataset folder or the union of several; `fraction` < 1 keeps a seeded choice of whole
+    episodes of each (the same for every variant of an ablation)."""
+    import numpy as np
+    from torch.utils.data import ConcatDataset, Subset
+
+    from worlddrive.data.dataset import WorldDriveDataset
+
+    parts = []
+    for root in roots:
+        ds = WorldDriveDataset(root, split, fields=fields)
+        if fraction < 1 and split == "train":
+            keep = np.random.default_rng(seed).permutation(len(ds.episodes))
+            keep = keep[: max(1, round(fraction * len(keep)))]
+            ds = Subset(ds, np.nonzero(np.isin(ds.item_episode, keep))[0].tolist())
+        parts.append(ds)
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def _fine_tuned(init: str, config):
+    """The checkpoint `init` (builtin or a RUN folder) to train on: weights, tokenizer and normalisation stats. Its
+    architecture must be the one the flags describe, so that a run's flags always say what was trained."""
+    from worlddrive.eval.drivers import policy_dir
+    from worlddrive.models import WorldDrivePolicy
+
+    policy = WorldDrivePolicy.from_pretrained(policy_dir(init))
+    theirs, ours = policy.config.to_dict(), config.to_dict()
+    differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+    if differ:
+        raise SystemExit(
+            f"error: --init {init} is not the model these flags describe (checkpoint vs flags: {differ}); "
+            "give the flags it was trained with (see its config.json)"
+        )
+    return policy
 
 
 def _world_model(a: argparse.Namespace, config):
@@ -501,8 +532,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train the VLA policy (resumable; runs under torchrun for DDP)")
     t.add_argument("--config", default="small", help="preset: tiny, small or base")
-    t.add_argument("--data", required=True)
+    t.add_argument(
+        "--data",
+        required=True,
+        help="dataset folder(s), comma separated: trained on their union (a new policy takes its normalisation "
+        "stats and tokenizer from the first)",
+    )
     t.add_argument("--out", required=True)
+    t.add_argument(
+        "--init",
+        default=None,
+        help="fine-tune: start from this checkpoint (builtin or a RUN folder): its weights, tokenizer and stats",
+    )
     t.add_argument("--wm", default="", help="world-model heads, comma separated: vq,frame,bev (empty: action-only)")
     t.add_argument("--lambda-wm", type=float, default=None)
     t.add_argument("--vq", default=None, help="VQ tokenizer folder (needed by the vq head)")
