@@ -71,6 +71,9 @@ def test_eval_expert_table_and_records(tmp_path, capsys):
     assert [r["family"] for r in rows] == ["crosswalk", "cut_in"]
     assert abs(float(res["ds"]) - sum(r["ds"] for r in rows) / 2) < 1e-3
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 4
+    assert main([*argv, "--policy", "constant-velocity,idm", "--workers", "1", "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("RESULT ")]
+    assert [dict(kv.split("=") for kv in line.split()[1:])["policy"] for line in lines] == ["constant-velocity", "idm"]
 
 
 @pytest.mark.slow

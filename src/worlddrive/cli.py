@@ -160,20 +160,20 @@ def cmd_eval(a: argparse.Namespace) -> int:
     report = write_report(out)
     print(f"report: {report}")
     expert = summary["policies"]["expert"]
-    name = next((n for n in summary["policies"] if n != "expert"), "expert")
-    pol = summary["policies"][name]
-    ol = pol.get("open_loop", {})
-    _result(
-        policy=name,
-        ds=pol["ds"],
-        expert_ds=expert["ds"],
-        ds_ratio=pol["ds_ratio"] if pol["ds_ratio"] is not None else 1.0,
-        heldout_layout_ds=pol["heldout_layout_ds"] if pol["heldout_layout_ds"] is not None else float("nan"),
-        collisions=pol["collisions"],
-        episodes=pol["episodes"],
-        errors=pol["errors"],
-        **{k: float(ol[k]) for k in OPEN_LOOP_RESULT if k in ol},
-    )
+    for name in [n for n in summary["policies"] if n != "expert"] or ["expert"]:  # a RESULT line per policy
+        pol = summary["policies"][name]
+        ol = pol.get("open_loop", {})
+        _result(
+            policy=name,
+            ds=pol["ds"],
+            expert_ds=expert["ds"],
+            ds_ratio=pol["ds_ratio"] if pol["ds_ratio"] is not None else 1.0,
+            heldout_layout_ds=pol["heldout_layout_ds"] if pol["heldout_layout_ds"] is not None else float("nan"),
+            collisions=pol["collisions"],
+            episodes=pol["episodes"],
+            errors=pol["errors"],
+            **{k: float(ol[k]) for k in OPEN_LOOP_RESULT if k in ol},
+        )
     return 0
 
 
