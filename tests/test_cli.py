@@ -73,7 +73,7 @@ def test_eval_expert_table_and_records(tmp_path, capsys):
     assert len((out / "episodes.jsonl").read_text().splitlines()) == 4
     assert main([*argv, "--policy", "constant-velocity,idm", "--workers", "1", "--out", str(out)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("RESULT ")]
-    assert [dict(kv.split("=") for kv in line.split()[1:])["policy"] for line in lines] == ["constant-velocity", "idm"]
+    assert [dict(kv.split("=") for kv in line.split()[1:])["policy"] for line in lines] == ["idm", "constant-velocity"]
 
 
 @pytest.mark.slow

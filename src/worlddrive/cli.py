@@ -160,7 +160,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
     report = write_report(out)
     print(f"report: {report}")
     expert = summary["policies"]["expert"]
-    for name in [n for n in summary["policies"] if n != "expert"] or ["expert"]:  # a RESULT line per policy
+    names = [n for n in summary["policies"] if n != "expert"] or ["expert"]
+    for name in names[1:] + names[:1]:  # a RESULT line per policy; the first of --policy last, as tools read the last
         pol = summary["policies"][name]
         ol = pol.get("open_loop", {})
         _result(
