@@ -1,11 +1,14 @@
 """The privileged expert drives safely through the scenario families (short closed-loop checks)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from worlddrive.eval.closed_loop import run_episode
-from worlddrive.sim.expert import PROJECT_STRIDE, Expert
+from worlddrive.sim.expert import MAX_LAT_ACC, PROJECT_STRIDE, Expert, Obstacle
 from worlddrive.sim.scenarios import make_spec
+from worlddrive.sim.state import CROSS
 from worlddrive.sim.world import World
 
 
@@ -73,4 +76,96 @@ def test_project_matches_the_reference_bit_for_bit():
         pts[:20] = route.xy[max(i - 30, 0) : max(i - 30, 0) + 20]  # some exactly on (or behind) the path
         for got, want in zip(expert._project(pts), _project_reference(route, i, pts), strict=True):
             assert np.array_equal(got, want)
+    w.close()
+
+
+def _state_with_car(state, car: np.ndarray):
+    """`state` with one CAR (x, y, yaw, speed, length, width) as the only other vehicle."""
+    return dataclasses.replace(
+        state, vehicles=car[None].astype(np.float32), vehicle_kind=np.zeros(1, np.int8), vehicle_ids=["c"]
+    )
+
+
+def test_guard_brakes_for_a_car_crossing_ahead_but_not_for_oncoming_traffic():
+    w = World(make_spec("straight", 0))
+    st = w.reset()
+    expert, route = Expert(w), w.route
+    v = float(st.ego[3])
+    i = int(np.searchsorted(route.s, w.ego_s + 1.5 * v))  # where the ego is in 1.5 s
+    p, yaw = route.xy[i], route.yaw[i]
+    left = np.array([-np.sin(yaw), np.cos(yaw)])
+    crossing = np.array([*(p + 9.0 * left), yaw - np.pi / 2, 6.0, 4.6, 1.85])  # there in 1.5 s too
+    oncoming = np.array([*(route.xy[i + 60] + 3.5 * left), yaw + np.pi, 12.0, 4.6, 1.85])  # the next lane over
+
+    def guarded(car: np.ndarray) -> float:
+        state = _state_with_car(st, car)
+        expert.turn_rate = np.zeros(1)
+        _, _, lane = expert._obstacles(state, w.ego_s + 2.3, v)
+        return expert._guard(state, v, 1.0, set(), lane)
+
+    assert guarded(crossing) < 0
+    assert guarded(oncoming) == 1.0
+    w.close()
+
+
+def test_curve_speed_respects_the_steering_rate():
+    """The heldout S-bend near s = 80 m needs the steering to swing faster than it can at the lateral-acceleration
+    speed: the expert slows down for it instead of leaving the road."""
+    w = World(make_spec("heldout_city", 1000004))
+    w.reset()
+    expert, route = Expert(w), w.route
+    k = int(np.searchsorted(route.s, 80.0))
+    lateral_only = np.sqrt(MAX_LAT_ACC / np.maximum(np.abs(route.curvature[k]), 1e-4))
+    assert expert.curve_speed[k] < 0.6 * min(lateral_only, route.speed_limit[k])
+    w.close()
+
+
+@pytest.mark.parametrize("family,seed", [("intersection_stop", 1000011), ("crosswalk", 1000095)])
+def test_expert_avoids_turning_cars_and_passes_a_pedestrian_still_on_the_curb(family, seed):
+    """A car turning across the junction (a straight-line forecast misses it) and a crosser walking to the curb
+    beside the road (a panic stop would leave the ego in their way) once ended in at-fault collisions."""
+    res = run_episode(family, seed)
+    assert res.error is None and res.score.collisions_at_fault == 0
+
+
+def test_approach_to_a_stop_line_follows_the_comfortable_profile():
+    """Before the constant-deceleration stop binds, the speed already tracks it: a late jerk-limited ramp from full
+    throttle would end in a harsh brake."""
+    w = World(make_spec("straight", 0))
+    w.reset()
+    expert = Expert(w)
+    line = Obstacle(100.0 + 10.0, 0.0, 0.5, "stop_sign")  # 9.5 m to stop in, 1.3 m/s^2 needed at 5 m/s
+    assert expert._idm(5.0, 10.0, [line], 100.0) < 1.5  # free road: 1.9 m/s^2
+    w.close()
+
+
+def test_turn_rates_follow_each_vehicle_by_id():
+    w = World(make_spec("straight", 0))
+    st = w.reset()
+    expert = Expert(w)
+    car = np.array([0.0, 0.0, 0.2, 5.0, 4.6, 1.85])
+    first = _state_with_car(st, car)
+    assert np.array_equal(expert._turn_rates(first), [0.0])  # never seen before
+    car[2] += 0.05
+    later = dataclasses.replace(_state_with_car(st, car), t=first.t + 0.1)
+    assert np.allclose(expert._turn_rates(later), [0.5], atol=1e-4)
+    w.close()
+
+
+def test_a_crosser_walking_to_the_crosswalk_ahead_is_waited_for():
+    w = World(make_spec("crosswalk", 0))
+    st = w.reset()
+    expert, route = Expert(w), w.route
+    lo = expert.crosswalk_s[0][0]
+    i = int(np.searchsorted(route.s, lo - 2.0))  # on the sidewalk just before the crosswalk, walking along it
+    yaw = route.yaw[i]
+    pos = route.xy[i] + 5.0 * np.array([np.sin(yaw), -np.cos(yaw)])
+    ped = np.array([[*pos, yaw, 1.3]], np.float32)
+    state = dataclasses.replace(
+        st, pedestrians=ped, pedestrian_intent=np.array([CROSS], np.int8), pedestrian_ids=["walker"]
+    )
+    w.ego_index = int(np.searchsorted(route.s, lo - 25.0))  # the ego 25 m before the crosswalk
+    front = float(route.s[w.ego_index]) + 2.3
+    obstacles = expert._pedestrian_obstacles(state, front, 0.0, {"right_of_way": "ego"}, expert._project(ped[:, :2]))
+    assert [o.kind for o in obstacles] == ["pedestrian"]
     w.close()

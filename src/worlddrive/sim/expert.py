@@ -2,12 +2,15 @@
 
 It sees the true `WorldState`, follows the route centreline by pure pursuit and sets its speed with IDM against the
 tightest of: the speed limit and curve speed, a leading vehicle, red lights (and yellow ones it can stop for), stop
-signs (stop, wait, then go when clear), pedestrians on or about to enter its path, and vehicles whose constant-velocity
-future crosses its path first. It makes the demonstrations, the reasoning facts and the progress reference.
+signs (stop, wait, then go when clear), pedestrians on or about to enter its path, and vehicles whose forecast (along
+their lane, or at constant yaw rate) crosses its path first. A PDM-Closed-style guard then rolls that choice and
+harder or softer ones out against the same forecasts and keeps the first whose boxes stay apart. It makes the
+demonstrations, the reasoning facts and the progress reference.
 """
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from dataclasses import dataclass, field
 
@@ -15,6 +18,7 @@ import numpy as np
 from matplotlib.path import Path as MplPath
 from numpy.lib.stride_tricks import sliding_window_view
 
+from worlddrive.sim.geometry import boxes_overlap
 from worlddrive.sim.route import RoutePath
 from worlddrive.sim.state import (
     CROSS,
@@ -37,14 +41,25 @@ from worlddrive.sim.world import World
 A_MAX, B_COMF, HEADWAY, DELTA = 2.0, 2.5, 1.2, 4
 SQRT_AB = np.sqrt(A_MAX * B_COMF)  # IDM's sqrt(a b), once (a NumPy scalar, as it was when computed per obstacle)
 MAX_LAT_ACC = 2.2  # m/s^2 in curves: comfortable and inside NAVSIM's comfort bounds
+STEER_WINDOW, MIN_BEND_SPEED = 7, 2.0  # path points (3 m) over which the steering a bend needs is averaged; m/s
 JERK = 6.0  # m/s^3 limit on planned acceleration changes (NAVSIM bound: 8.37)
 STOP_WAIT_S = 1.0  # full stop at a stop sign before going on
 PROJECT_STRIDE = 8  # coarse step of the nearest-point search along the route window
 START_ACCEL = 2.0  # m/s^2 assumed for a slow car that is pulling away
 WAIT_BREAK_S = 4.0  # s at a standstill after which standing cross traffic is assumed to wait for us
 STOP_DECEL = 1.6  # m/s^2: start a constant-deceleration stop when this much is needed
+PED_MAX_DECEL = 4.0  # m/s^2: the hardest (still comfortable) stop for a pedestrian not yet stepping out
+APPROACH_TAU = 0.5  # s: before a stop, the speed follows the STOP_DECEL profile to the line this fast
+MAX_TURN_RATE, MAX_TURN = 1.0, 1.3  # rad/s and rad: a turning car's forecast keeps its yaw rate, for one turn at most
+LANE_YAW, LANE_TURN_RATE, LANE_LAT = 0.35, 0.2, 8.0  # rad, rad/s, m: a car this parallel to our path keeps its lane
+LANE_DRIFT, LANE_DRIFT_RATE = 3.5, 1.0  # m, m/s: how far and fast it may close in on our path (a lane change, ours)
+GUARD_DT, GUARD_STEPS = 0.1, 40  # the guard's 4 s roll-out, checked every 2nd step
+GUARD_T, GUARD_T_SAMPLES = GUARD_DT * GUARD_STEPS, np.arange(2, GUARD_STEPS + 1, 2) * GUARD_DT  # s, (T,) s
+GUARD_ACCELS = (0.0, -1.0, -2.0, -3.0, -4.5, -8.0)  # m/s^2 braking fall-backs, gentlest first
+GUARD_MARGIN = (0.5, 0.3)  # m added to the ego's half length and half width in the guard
 RULES = frozenset({"vehicle", "light", "stop_sign", "pedestrian", "crossing_vehicle"})  # the Obstacle kinds
 Projection = tuple[np.ndarray, np.ndarray, np.ndarray]  # `Expert._project`: arc length, lateral offset, path heading
+LaneTrack = tuple[np.ndarray, ...]  # (N,) each vehicle's `_lane_direction`, arc length, lateral offset, its rate
 
 
 @dataclass
@@ -130,6 +145,8 @@ class Expert:
 
     def reset(self) -> None:
         self.accel = 0.0
+        self._yaw_seen: tuple[float, list[str], np.ndarray] = (0.0, [], np.zeros(0))  # t, ids and yaws of last step
+        self.turn_rate = np.zeros(0)  # (N,) rad/s of each vehicle in the last state
         self.stopped_at: dict[int, float] = {}  # stop sign index -> time the ego came to rest there
         self.committed_yellow: set[int] = set()
         self.waiting_since = 0.0  # when the ego last came to a standstill
@@ -146,9 +163,14 @@ class Expert:
         return out
 
     def _curve_speed_profile(self) -> np.ndarray:
-        """Highest speed at each path point such that curves ahead can be taken within MAX_LAT_ACC, braking gently."""
+        """Highest speed at each path point such that curves ahead can be taken within MAX_LAT_ACC, and S-bends
+        within the steering rate (or the car leaves the road), braking gently."""
         r = self.route
         v = np.minimum(np.sqrt(MAX_LAT_ACC / np.maximum(np.abs(r.curvature), 1e-4)), r.speed_limit)
+        steer = np.arctan(self.limits.wheelbase * r.curvature)
+        steer_per_m = np.abs(np.gradient(steer, r.s)) if len(r.s) > 1 else np.zeros(len(r.s))
+        steer_per_m = np.convolve(steer_per_m, np.ones(STEER_WINDOW) / STEER_WINDOW, mode="same")
+        v = np.minimum(v, np.maximum(self.limits.max_steer_rate / np.maximum(steer_per_m, 1e-6), MIN_BEND_SPEED))
         for i in range(len(v) - 2, -1, -1):  # backward pass: reach the next point's speed at B_COMF
             v[i] = min(v[i], np.sqrt(v[i + 1] ** 2 + 2 * 1.5 * (r.s[i + 1] - r.s[i])))
         return v
@@ -163,9 +185,12 @@ class Expert:
         front = w.ego_s + self.limits.length / 2
         if v > 0.3:
             self.waiting_since = state.t
-        obstacles, facts = self._obstacles(state, front, v)
+        self.turn_rate = self._turn_rates(state)
+        obstacles, facts, lane = self._obstacles(state, front, v)
         obstacles = [o for o in obstacles if o.kind in self.obey]
         accel = self._idm(v, float(self.curve_speed[w.ego_index]), obstacles, front)
+        if "crossing_vehicle" in self.obey:
+            accel = self._guard(state, v, accel, {o.ref for o in obstacles if o.kind == "vehicle"}, lane)
         max_delta = JERK * 0.1 if accel > -4.5 else 1.0  # emergencies may exceed the comfort jerk
         self.accel = _clip(accel, self.accel - max_delta, self.accel + max_delta)
         path = to_ego_frame(self.route.xy[w.ego_index : w.ego_index + 160], state.ego)
@@ -188,7 +213,9 @@ class Expert:
             stop_at = gap + (ob.speed**2 / (2 * 5.0) if ob.speed > 0.5 else 0.0)
             need = v * v / (2 * max(stop_at, 0.05)) if v > 0.05 else 0.0  # constant decel that stops in time
             if ob.speed <= 0.5:
-                term = -need if (need > STOP_DECEL or gap < 1.0) else A_MAX
+                # Follow the STOP_DECEL profile to the line before it binds: no late jerk-limited ramp to make up.
+                v_ok = math.sqrt(2 * STOP_DECEL * max(gap, 0.0))
+                term = -need if (need > STOP_DECEL or gap < 1.0) else min(A_MAX, (v_ok - v) / APPROACH_TAU)
                 if gap < 0.3:
                     term = -max(need, v / 0.3)
             else:
@@ -203,6 +230,117 @@ class Expert:
         if type(acc) is float and type(lo) is float:
             return _clip(acc, lo, A_MAX)
         return float(np.clip(acc, lo, A_MAX))  # a float32 term made acc a float32: np.clip rounds the bounds to it
+
+    def _turn_rates(self, state: WorldState) -> np.ndarray:
+        """(N,) yaw rate of each vehicle since the last step (0 when unseen), so forecasts follow curves and turns."""
+        t0, ids0, yaw0 = self._yaw_seen
+        yaw = state.vehicles[:, 2].astype(np.float64)
+        ids = state.vehicle_ids
+        self._yaw_seen = (state.t, ids, yaw)
+        dt = state.t - t0
+        if not (0 < dt <= 0.5) or not ids0:
+            return np.zeros(len(ids))
+        if ids == ids0:  # the usual case: the same vehicles in the same order
+            prev = yaw0
+        else:
+            seen = dict(zip(ids0, yaw0.tolist(), strict=True))
+            prev = np.array([seen.get(i, np.nan) for i in ids], np.float64)
+        rate = np.nan_to_num(wrap_angle(yaw - prev) / dt)
+        return np.clip(rate, -MAX_TURN_RATE, MAX_TURN_RATE)
+
+    def _lane_direction(self, state: WorldState, lat: np.ndarray, path_yaw: np.ndarray) -> np.ndarray:
+        """(N,) +1 / -1 for vehicles driving along / against our path near it without turning (they keep their
+        lane: a straight-line forecast would take them across it on every curve), else 0."""
+        rel = np.cos(state.vehicles[:, 2] - path_yaw)
+        steady = (np.abs(lat) < LANE_LAT) & (np.abs(self.turn_rate) < LANE_TURN_RATE)
+        return np.where(steady & (rel > np.cos(LANE_YAW)), 1, np.where(steady & (rel < -np.cos(LANE_YAW)), -1, 0))
+
+    def _guard(self, state: WorldState, v: float, accel: float, leaders: set[int], lane: LaneTrack) -> float:
+        """PDM-Closed's check, for the first action only: roll the ego along the route for 4 s under the rules'
+        acceleration, gentler-to-harder braking and pulling away (jerk-limited), the other vehicles at constant speed
+        along their lane (`lane`: direction, arc length, lateral offset and its rate) or at constant yaw rate, and
+        take the first choice whose boxes never meet while the ego moves (a standing ego is not at fault). If every
+        choice meets someone, the one that meets latest, braking hardest among equals. Leaders in the corridor are
+        the IDM's; faster cars closing on the ego's rear are theirs to avoid."""
+        if v <= 0.05 and accel <= 0 and self.accel <= 0:
+            return accel  # it stays standing, and no fall-back moves
+        veh = state.vehicles
+        ego = state.ego.astype(np.float64)
+        rel = to_ego_frame(veh[:, :2].astype(np.float64), ego)  # (N, 2)
+        along = veh[:, 3] * np.cos(veh[:, 2] - ego[EGO_YAW])
+        follower = (rel[:, 0] < -self.limits.length / 4) & (np.abs(rel[:, 1]) < 2.0) & (along > v)
+        v_max = max(v, float(self.curve_speed[self.world.ego_index]))
+        # Out of reach in 4 s: each side's travel, the lane forecast's slack, the ego's offset and both boxes.
+        reach = (v_max + veh[:, 3]) * GUARD_T + abs(self.world.ego_lateral) + LANE_DRIFT + 2 * LANE_LAT + 10.0
+        dist = np.hypot(rel[:, 0], rel[:, 1])
+        keep = (dist < np.minimum(reach, 60.0)) & ~follower & (state.vehicle_kind != PARKED)
+        if leaders:
+            keep[list(leaders)] = False
+        idx = np.nonzero(keep)[0]
+        if not len(idx):
+            return accel
+        others = self._forecast(veh[idx].astype(np.float64), self.turn_rate[idx], tuple(x[idx] for x in lane))
+        first = self._first_meet(np.array([accel]), v, v_max, others)
+        if first[0] == GUARD_STEPS // 2:
+            return accel
+        # The rules' choice, gentler-to-harder braking, then (a car closing in from the side) pulling away.
+        targets = np.array([accel, *[a for a in GUARD_ACCELS if a < accel], *([A_MAX] if accel < A_MAX else [])])
+        first = np.concatenate([first, self._first_meet(targets[1:], v, v_max, others)])
+        clear = np.nonzero(first == GUARD_STEPS // 2)[0]
+        if len(clear):
+            return float(targets[clear[0]])
+        return float(targets[first == first.max()].min())
+
+    def _forecast(self, a: np.ndarray, turn_rate: np.ndarray, lane: LaneTrack) -> tuple[np.ndarray, ...]:
+        """Centre x, y and yaw (A, T) every 0.2 s for 4 s of vehicles `a` (A, 6) at constant speed along their lane
+        (parallel to our path) or at constant yaw rate (the turn capped at MAX_TURN); half lengths and widths (A,)."""
+        t = GUARD_T_SAMPLES
+        ayaw = a[:, 2:3] + np.clip(turn_rate[:, None] * (t[None] - 0.1), -MAX_TURN, MAX_TURN)  # at mid-step
+        step = a[:, 3:4] * 0.2
+        ax = a[:, 0:1] + np.cumsum(step * np.cos(ayaw), axis=1)
+        ay = a[:, 1:2] + np.cumsum(step * np.sin(ayaw), axis=1)
+        direction, ls, llat, lrate = lane
+        par = np.nonzero(direction)[0]
+        if len(par):
+            ks = np.searchsorted(self.route.s, ls[par, None] + direction[par, None] * a[par, 3:4] * t[None])
+            ks = np.minimum(ks, len(self.route.s) - 1)  # (P, T)
+            pyaw = self.route.yaw[ks]
+            off = llat[par, None] + np.clip(lrate[par, None] * t[None], -LANE_DRIFT, LANE_DRIFT)  # (P, T)
+            ax[par] = self.route.xy[ks, 0] - np.sin(pyaw) * off
+            ay[par] = self.route.xy[ks, 1] + np.cos(pyaw) * off
+            ayaw[par] = pyaw + np.where(direction[par, None] > 0, 0.0, np.pi)
+        return ax, ay, ayaw, a[:, 4] / 2, a[:, 5] / 2
+
+    def _first_meet(self, targets: np.ndarray, v: float, v_max: float, others: tuple[np.ndarray, ...]) -> np.ndarray:
+        """(K,) index of the first 0.2 s sample at which the ego, jerk-limited toward each target acceleration along
+        the route (speed within [0, v_max]), meets a `_forecast` box while moving; GUARD_STEPS // 2 for never."""
+        steps = np.arange(1, GUARD_STEPS + 1)  # (S,)
+        rate = np.where(targets < -4.5, 1.0, JERK * GUARD_DT)  # per step, as `act` limits it
+        delta = targets - self.accel
+        acc = self.accel + np.sign(delta)[:, None] * np.minimum(np.abs(delta)[:, None], rate[:, None] * steps)
+        speed = np.clip(v + np.cumsum(acc * GUARD_DT, axis=1), 0.0, v_max)  # (K, S)
+        s = self.world.ego_s + np.cumsum(speed * GUARD_DT, axis=1)
+        speed, s = speed[:, 1::2], s[:, 1::2]  # (K, T) every 0.2 s
+        k = np.minimum(np.searchsorted(self.route.s, s), len(self.route.s) - 1)
+        eyaw = self.route.yaw[k]
+        shift = self.world.ego_lateral * np.maximum(1 - GUARD_T_SAMPLES / 2.0, 0.0)  # what pure pursuit takes out
+        ex = self.route.xy[k, 0] - np.sin(eyaw) * shift
+        ey = self.route.xy[k, 1] + np.cos(eyaw) * shift
+        # Boxes meet: a cheap circle test first, then separating axes on the close pairs.
+        ax, ay, ayaw, ahl, ahw = others
+        ehl, ehw = self.limits.length / 2 + GUARD_MARGIN[0], self.limits.width / 2 + GUARD_MARGIN[1]
+        dx, dy = ax.T[None] - ex[..., None], ay.T[None] - ey[..., None]  # (K, T, A)
+        reach = np.hypot(ehl, ehw) + np.hypot(ahl, ahw)
+        close = (dx * dx + dy * dy < reach * reach) & (speed[..., None] > 0.05)
+        hit = np.zeros(close.shape, bool)
+        if close.any():
+            kk, tt, aa = np.nonzero(close)
+            c, sn, cx, cy = np.cos(eyaw[kk, tt]), np.sin(eyaw[kk, tt]), dx[close], dy[close]
+            rel = np.stack([cx * c + cy * sn, cy * c - cx * sn], -1)  # (P, 2) in each ego pose's frame
+            half = np.stack([ahl[aa], ahw[aa]], -1)  # (P, 2)
+            hit[kk, tt, aa] = boxes_overlap(rel, ayaw[aa, tt] - eyaw[kk, tt], np.array([ehl, ehw]), half)
+        hit_t = hit.any(2)  # (K, T)
+        return np.where(hit_t.any(1), hit_t.argmax(1), GUARD_STEPS // 2)
 
     def _rollout(self, state: WorldState, v: float, obstacles: list[Obstacle]) -> np.ndarray:
         """The plan: IDM forward 4 s along the route with obstacles moving at constant speed, in the ego frame."""
@@ -231,7 +369,7 @@ class Expert:
 
     # ------------------------------------------------------------------ perception with privileges
 
-    def _obstacles(self, state: WorldState, front: float, v: float) -> tuple[list[Obstacle], dict]:
+    def _obstacles(self, state: WorldState, front: float, v: float) -> tuple[list[Obstacle], dict, LaneTrack]:
         w, r = self.world, self.route
         facts: dict = {
             "command": state.command,
@@ -284,9 +422,12 @@ class Expert:
         veh, peds = state.vehicles, state.pedestrians
         s, lat, yaw = self._project(np.concatenate([veh[:, :2], box_corners(veh).reshape(-1, 2), peds[:, :2]]))
         n = 5 * len(veh)
-        obstacles += self._vehicle_obstacles(state, front, v, priority, facts, (s[:n], lat[:n], yaw[:n]))
-        obstacles += self._pedestrian_obstacles(state, front, facts, (s[n:], lat[n:], yaw[n:]))
-        return obstacles, facts
+        m = len(veh)
+        drift = np.clip(veh[:, 3] * np.sin(veh[:, 2] - yaw[:m]), -LANE_DRIFT_RATE, LANE_DRIFT_RATE)
+        lane = (self._lane_direction(state, lat[:m], yaw[:m]), s[:m], lat[:m], drift)
+        obstacles += self._vehicle_obstacles(state, front, v, priority, facts, (s[:n], lat[:n], yaw[:n]), lane[0])
+        obstacles += self._pedestrian_obstacles(state, front, v, facts, (s[n:], lat[n:], yaw[n:]))
+        return obstacles, facts, lane
 
     def _lateral_action(self, command: str, i: int) -> str:
         """`_lateral_action`, remembered: it depends only on the (fixed) route, the path index and the command."""
@@ -325,9 +466,17 @@ class Expert:
         return s[k] + rel[:, 0] * c + rel[:, 1] * sn, c * rel[:, 1] - sn * rel[:, 0], yaw[k]
 
     def _vehicle_obstacles(
-        self, state: WorldState, front: float, v: float, priority: bool, facts: dict, projected: Projection
+        self,
+        state: WorldState,
+        front: float,
+        v: float,
+        priority: bool,
+        facts: dict,
+        projected: Projection,
+        direction: np.ndarray,
     ) -> list[Obstacle]:
-        """`projected`: `_project` of the N vehicle centres, then of their box corners (4N)."""
+        """`projected`: `_project` of the N vehicle centres, then of their box corners (4N); `direction`: their
+        `_lane_direction` (oncoming cars that keep their lane never cross it)."""
         veh = state.vehicles
         if not len(veh):
             return []
@@ -357,15 +506,18 @@ class Expert:
             & (state.t - self.waiting_since < WAIT_BREAK_S)
             & (np.hypot(*(veh[:, :2] - state.ego[:2]).T) < 25)
         )  # (N,)
-        moving = np.nonzero(~corridor & ((veh[:, 3] > 0.3) | may_start) & (state.vehicle_kind != PARKED))[0]
+        candidate = ~corridor & ((veh[:, 3] > 0.3) | may_start) & (state.vehicle_kind != PARKED) & (direction >= 0)
+        moving = np.nonzero(candidate)[0]
         if len(moving):
             t = np.arange(1, 9) * 0.5  # (8,)
             speed = veh[moving, 3:4]  # (M, 1)
             accel = np.where(speed < 8.0, START_ACCEL, 0.0)
             dist = speed * t[None] + 0.5 * accel * t[None] ** 2  # (M, 8)
-            heading = np.stack([np.cos(veh[moving, 2]), np.sin(veh[moving, 2])], -1)  # (M, 2)
-            fut = veh[moving, None, :2] + dist[..., None] * heading[:, None, :]  # (M, 8, 2)
-            fs, flat, _ = self._project(fut.reshape(-1, 2))
+            yaw = veh[moving, 2:3] + np.clip(self.turn_rate[moving, None] * (t - 0.25), -MAX_TURN, MAX_TURN)
+            step = np.diff(dist, axis=1, prepend=0.0)  # (M, 8) along the turn, heading taken mid-step
+            fx = veh[moving, 0:1] + np.cumsum(step * np.cos(yaw), 1)  # (M, 8)
+            fy = veh[moving, 1:2] + np.cumsum(step * np.sin(yaw), 1)
+            fs, flat, _ = self._project(np.stack([fx.ravel(), fy.ravel()], -1))
             fs, flat = fs.reshape(len(moving), 8), flat.reshape(len(moving), 8)
             inside = (np.abs(flat) < half_w + veh[moving, 5:6] / 2 + 0.5) & (fs > front - 2) & (fs - front < 60)
             first = inside.argmax(1)  # (M,) first future step inside the corridor, where there is one
@@ -387,7 +539,7 @@ class Expert:
         return out
 
     def _pedestrian_obstacles(
-        self, state: WorldState, front: float, facts: dict, projected: Projection
+        self, state: WorldState, front: float, v: float, facts: dict, projected: Projection
     ) -> list[Obstacle]:
         """`projected`: `_project` of the pedestrians."""
         peds = state.pedestrians
@@ -409,9 +561,15 @@ class Expert:
         toward = -np.sign(lat_k) * (np.cos(yaw_k) * heading[idx, 1] - np.sin(yaw_k) * heading[idx, 0])
         slow = peds[idx, 3] < 0.7  # lingering at the curb
         crosser = state.pedestrian_intent[idx] == CROSS
-        about_to = crosser & (np.abs(lat_k) < 7.0) & ((toward > 0.3) | (slow & (toward > -0.3)))
         on_crosswalk = ((self.crosswalk_lo <= s_k[:, None]) & (s_k[:, None] <= self.crosswalk_hi)).any(1)
+        # A crosser walking along the sidewalk to a crosswalk ahead will step onto it: wait for them there.
+        at_crossing = ((self.crosswalk_lo - 3 <= s_k[:, None]) & (s_k[:, None] <= self.crosswalk_hi + 3)).any(1)
+        about_to = crosser & (np.abs(lat_k) < 7.0) & ((toward > 0.3) | (slow & (toward > -0.3)) | at_crossing)
         on_crosswalk &= np.abs(lat_k) < 9.0
+        # One still walking along the curb whom we cannot stop for any more is passed before they turn to step out:
+        # a panic stop would leave us standing in their way.
+        gap = np.maximum(s_k - 4.0 - front, 0.1)
+        about_to &= (v * v / (2 * gap) < PED_MAX_DECEL) | (toward > 0.3) | (peds[idx, 3] < 0.3)
         blocks = in_path | entering | about_to
         out, rel_list = [], []
         for j in np.nonzero(blocks | (np.abs(lat_k) < 8.0))[0]:
