@@ -8,7 +8,7 @@ from worlddrive.sim.route import build_route
 from worlddrive.sim.scenarios import FAMILIES, TRAIN_FAMILIES, make_family, make_spec
 from worlddrive.sim.state import CROSS, EGO_SPEED, EGO_STEER, WAIT
 from worlddrive.sim.vehicle import DT, KinematicBicycle, TrajectoryController
-from worlddrive.sim.world import World
+from worlddrive.sim.world import INSERT_CLEARANCE, World
 
 
 def test_heldout_family_is_a_real_city_never_used_for_training():
@@ -83,6 +83,22 @@ def test_world_state_is_consistent():
     assert len(s.light_state) == len(s.light_pos) > 0 and set(s.light_state.tolist()) <= {0, 1, 2}
     assert np.isfinite(s.vehicles).all() and s.command in ("follow", "straight", "left", "right")
     assert abs(s.t - 2.0) < 1e-6
+
+
+def test_sumo_inserts_no_car_on_or_next_to_the_ego():
+    # Seed 1000042 had SUMO insert a car 4 m behind the ego, overlapping it, at t=0 (and the city's 1000049 one 5.5 m
+    # beside it, converging, when the expert drove; here the ego coasts through 15 s of insertions).
+    for family, seed, steps in [("occluded_pedestrian", 1000042, 5), ("heldout_city", 1000049, 150)]:
+        w = World(make_spec(family, seed))
+        s, seen = w.reset(), set()
+        for k in range(steps + 1):
+            for vid, (x, y, yaw, _, length, _) in zip(s.vehicle_ids, s.vehicles.tolist(), strict=False):
+                if vid not in seen and not vid.startswith("parked"):
+                    front = np.hypot(x + length / 2 * np.cos(yaw) - s.ego[0], y + length / 2 * np.sin(yaw) - s.ego[1])
+                    assert front >= INSERT_CLEARANCE - 1.0, (family, seed, vid, k)  # it may move 1 m in its first step
+                    seen.add(vid)
+            s = w.step(0.0, 0.0) if k < steps else s
+        w.close()
 
 
 def test_bicycle_respects_limits_and_rejects_nan():

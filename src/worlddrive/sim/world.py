@@ -35,6 +35,7 @@ from worlddrive.sim.state import (
 from worlddrive.sim.vehicle import DT, BicycleLimits, KinematicBicycle
 
 VEHICLE_VARS = (tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED, tc.VAR_LENGTH, tc.VAR_WIDTH, tc.VAR_TYPE)
+INSERT_CLEARANCE = 10.0  # m from the ego centre to the front bumper of a car SUMO inserts; closer ones are removed
 PERSON_VARS = (tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED, tc.VAR_ROAD_ID, tc.VAR_NEXT_EDGE)
 
 VTYPES = """<additional>
@@ -311,7 +312,17 @@ class World:
         self.ego_index, self.ego_s, self.ego_lateral = i, max(self.ego_s, s), lat
 
     def _subscribe_new(self) -> None:
+        """Watch what SUMO inserted this step. SUMO does not see the ego (moved by `moveToXY`, often on a junction or
+        another lane) when it inserts a car, and may put one on top of it or a few metres away at speed; such a car is
+        taken out again (scripted rude drivers excepted: they start near the ego on purpose)."""
+        scripted = {rude.vid for rude in self.spec.rude}
+        ego = self.ego.state
         for vid in libsumo.simulation.getDepartedIDList():
+            if vid != "ego" and vid not in scripted:
+                x, y = libsumo.vehicle.getPosition(vid)  # front bumper
+                if np.hypot(x - ego[EGO_X], y - ego[EGO_Y]) < INSERT_CLEARANCE:
+                    libsumo.vehicle.remove(vid)
+                    continue
             libsumo.vehicle.subscribe(vid, VEHICLE_VARS)
         for pid in libsumo.simulation.getDepartedPersonIDList():
             libsumo.person.subscribe(pid, PERSON_VARS)
