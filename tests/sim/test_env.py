@@ -51,3 +51,24 @@ def test_bad_config_is_named():
         DriveEnv({"famly": "straight"})
     with pytest.raises(KeyError, match="unknown scenario family"):
         DriveEnv({"family": "moon"})
+
+
+def test_instruction_states_the_current_distance():
+    """Like the dataset's instruction at every keyframe, the observed one says how far the next junction is now
+    (rounded to 10 m), not how far it was when first phrased."""
+    import re
+
+    env = DriveEnv({"family": "straight", "bev": False})
+    env.reset(seed=0)
+    w = env.world
+    seen = []
+    for _ in range(120):
+        _turn, dist = w.route.next_turn(w.ego_s)
+        text = env.observer.instruction()
+        if dist is not None:
+            said = [int(m) for m in re.findall(r"\d+", text)]
+            assert said == [max(10, round(dist / 10) * 10)], (text, dist)
+            seen.append(said[0])
+        env.step(env._info(None)["expert"].trajectory)
+    assert len(set(seen)) > 1  # the distance counted down on the way
+    env.close()

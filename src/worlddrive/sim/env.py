@@ -151,7 +151,9 @@ class DriveEnv(gym.Env):
 
 class Observer:
     """What a driver sees of a `World`: the camera frame, optionally the BEV raster, the ego state, and the
-    navigator's instruction, re-phrased only when the next turn on the route changes (as a navigator would).
+    navigator's instruction, re-phrased when the next turn on the route or its spoken distance (rounded to 10 m, as
+    in the instruction) changes. The dataset's instruction states the current distance at every keyframe; keeping
+    the first phrasing would tell a policy "in 230 m" all the way to the junction, a text it never saw in training.
 
     Shared by the env and the closed-loop evaluation, so a policy sees the same observations in both.
     """
@@ -185,7 +187,8 @@ class Observer:
     def instruction(self) -> str:
         w = self.world
         turn, dist = w.route.next_turn(w.ego_s)
-        key = (turn, None if dist is None else round(w.ego_s + dist, 1))  # the junction, not the distance to it
+        # the junction, and the distance to it as the instruction says it
+        key = (turn, None) if dist is None else (turn, round(w.ego_s + dist, 1), max(10, round(dist / 10) * 10))
         if key != self._turn:
             self._turn = key
             self._instruction = instruction(turn, self._rng, heldout=self.heldout, distance_m=dist)
