@@ -1,5 +1,7 @@
 """The gymnasium env: registered, passes gymnasium's checker, both action types drive, bad actions are named."""
 
+import re
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -56,8 +58,6 @@ def test_bad_config_is_named():
 def test_instruction_states_the_current_distance():
     """Like the dataset's instruction at every keyframe, the observed one says how far the next junction is now
     (rounded to 10 m), not how far it was when first phrased."""
-    import re
-
     env = DriveEnv({"family": "straight", "bev": False})
     env.reset(seed=0)
     w = env.world
