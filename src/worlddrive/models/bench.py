@@ -238,6 +238,5 @@ def bench_train(
         res[f"{prefix}rss_mb"] = rss[prefix]
     if bf16:
         res["bf16_speedup"] = res["bf16_samples_per_s"] / res["samples_per_s"]
-    res["policy_estimate_gflop_per_sample"] = policy.estimate_flops_per_sample() / 1e9
     res["load"] = load
     return res

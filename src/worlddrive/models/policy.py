@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MAX_AGENTS, PAST
 from worlddrive.models.action import make_action_expert
@@ -120,7 +119,6 @@ class WorldDrivePolicy(nn.Module):
         # a submodule, so their weights travel in the same state dict and checkpoint.
         self.world_model = world_model if world_model is not None else _world_model(config)
         self._history: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=PAST * KEY_EVERY + 1)
-        self._flops_per_sample: float | None = None
 
     @classmethod
     def from_dataset(cls, config: PolicyConfig, dataset: WorldDriveDataset) -> WorldDrivePolicy:
@@ -446,26 +444,6 @@ class WorldDrivePolicy(nn.Module):
             batch[f"{name}_ids"] = torch.full((batch_size, length), self.tokenizer.eos_id + 1)  # any non-special id
             batch[f"{name}_mask"] = torch.ones(batch_size, length, dtype=torch.bool)
         return batch
-
-    def estimate_flops_per_sample(self) -> float:
-        """FLOPs of one training sample (forward + backward = 3 x forward, as nanoGPT counts), measured once by
-        torch's FLOP counter on `example_batch` (matmuls, convolutions and attention of every head, world model
-        included; texts at full length, so a real batch with shorter texts costs a little less)."""
-        if self._flops_per_sample is None:
-            was_training = self.training
-            self.eval()
-            batch = self.example_batch(1)
-            if self.sentence_encoder is not None:  # cached per text, so not a per-sample cost: encode before counting
-                self.sentence_encoder(batch["instruction"])
-            with torch.random.fork_rng(), FlopCounterMode(display=False) as counter:
-                self(batch)
-            self.train(was_training)
-            self._flops_per_sample = 3.0 * counter.get_total_flops()
-        return self._flops_per_sample
-
-    def estimate_mfu(self, samples_per_s: float, peak_flops: float) -> float:
-        """Model FLOPs utilisation: achieved training FLOP/s over the machine's measured matmul peak."""
-        return self.estimate_flops_per_sample() * samples_per_s / peak_flops
 
 
 def _init_weights(module: nn.Module) -> None:
