@@ -5,6 +5,7 @@ import shutil
 
 import imageio.v3 as iio
 import pytest
+import torch
 
 from worlddrive.cli import main
 
@@ -137,6 +138,20 @@ def test_fine_tuning_from_a_checkpoint_on_a_union_of_datasets(split_data_dir, tm
     assert json.loads((hidden / "policy" / "config.json").read_text())["history_dropout"] == 0.5
     with pytest.raises(SystemExit, match=r"not the model these flags describe .*'wm_heads': \(\[\], \['frame'\]\)"):
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "base"), "--wm", "frame"])
+
+
+def test_the_same_seed_trains_the_same_world_model(split_data_dir, tmp_path):
+    # torch seeds itself randomly per process: the initial weights must come from --seed, not from that
+    from safetensors.torch import load_file
+
+    argv = ["train", "--config", "tiny", "--batch-size", "4", "--max-steps", "1", "--open-loop-samples", "0"]
+    argv += ["--data", str(split_data_dir), "--wm", "bev"]
+    torch.manual_seed(1)
+    assert main([*argv, "--out", str(tmp_path / "a")]) == 0
+    torch.manual_seed(2)  # what a fresh process would differ in
+    assert main([*argv, "--out", str(tmp_path / "b")]) == 0
+    a, b = (load_file(tmp_path / run / "policy" / "model.safetensors") for run in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_world_model_training_with_a_trained_tokenizer(split_data_dir, tmp_path, capsys):

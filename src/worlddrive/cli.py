@@ -274,6 +274,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             policy = _fine_tuned(a.init, config)
         else:
             tokenizer = train_tokenizer(corpus(Path(roots[0])), config.vocab_size)
+            torch.manual_seed(a.seed)  # the initial weights, the world model's included, come from the seed too
             policy = WorldDrivePolicy(config, tokenizer, load_stats(Path(roots[0])), _world_model(a, config))
         policy.save_pretrained(saved)
     policy.train()
