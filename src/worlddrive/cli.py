@@ -347,12 +347,12 @@ def _fine_tuned(init: str, config):
     policy = WorldDrivePolicy.from_pretrained(policy_dir(init))
     theirs, ours = policy.config.to_dict(), config.to_dict()
     differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k] and k not in TRAINING_ONLY}
-    policy.config = dataclasses.replace(policy.config, **{k: getattr(config, k) for k in TRAINING_ONLY})
     if differ:
         raise SystemExit(
             f"error: --init {init} is not the model these flags describe (checkpoint vs flags: {differ}); "
             "give the flags it was trained with (see its config.json)"
         )
+    policy.config = dataclasses.replace(policy.config, **{k: getattr(config, k) for k in TRAINING_ONLY})
     return policy
 
 

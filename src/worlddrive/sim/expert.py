@@ -295,21 +295,20 @@ class Expert:
         """Centre x, y and yaw (A, T) every 0.2 s for 4 s of vehicles `a` (A, 6) at constant speed along their lane
         (parallel to our path) or at constant yaw rate (the turn capped at MAX_TURN); half lengths and widths (A,)."""
         t = GUARD_T_SAMPLES
-        ayaw = a[:, 2:3] + np.clip(turn_rate[:, None] * (t[None] - 0.1), -MAX_TURN, MAX_TURN)  # at mid-step
-        step = a[:, 3:4] * 0.2
-        ax = a[:, 0:1] + np.cumsum(step * np.cos(ayaw), axis=1)
-        ay = a[:, 1:2] + np.cumsum(step * np.sin(ayaw), axis=1)
+        ax, ay, ayaw = _turning_path(a, turn_rate, t - 0.1, a[:, 3:4] * 0.2)
         direction, ls, llat, lrate = lane
         par = np.nonzero(direction)[0]
         if len(par):
-            ks = np.searchsorted(self.route.s, ls[par, None] + direction[par, None] * a[par, 3:4] * t[None])
-            ks = np.minimum(ks, len(self.route.s) - 1)  # (P, T)
-            pyaw = self.route.yaw[ks]
             off = llat[par, None] + np.clip(lrate[par, None] * t[None], -LANE_DRIFT, LANE_DRIFT)  # (P, T)
-            ax[par] = self.route.xy[ks, 0] - np.sin(pyaw) * off
-            ay[par] = self.route.xy[ks, 1] + np.cos(pyaw) * off
+            ax[par], ay[par], pyaw = self._route_pose(ls[par, None] + direction[par, None] * a[par, 3:4] * t[None], off)
             ayaw[par] = pyaw + np.where(direction[par, None] > 0, 0.0, np.pi)
         return ax, ay, ayaw, a[:, 4] / 2, a[:, 5] / 2
+
+    def _route_pose(self, s: np.ndarray, offset: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x, y and heading of the route at arc lengths `s` (clamped to its end), `offset` metres to its left."""
+        k = np.minimum(np.searchsorted(self.route.s, s), len(self.route.s) - 1)
+        yaw = self.route.yaw[k]
+        return self.route.xy[k, 0] - np.sin(yaw) * offset, self.route.xy[k, 1] + np.cos(yaw) * offset, yaw
 
     def _first_meet(self, targets: np.ndarray, v: float, v_max: float, others: tuple[np.ndarray, ...]) -> np.ndarray:
         """(K,) index of the first 0.2 s sample at which the ego, jerk-limited toward each target acceleration along
@@ -321,11 +320,8 @@ class Expert:
         speed = np.clip(v + np.cumsum(acc * GUARD_DT, axis=1), 0.0, v_max)  # (K, S)
         s = self.world.ego_s + np.cumsum(speed * GUARD_DT, axis=1)
         speed, s = speed[:, 1::2], s[:, 1::2]  # (K, T) every 0.2 s
-        k = np.minimum(np.searchsorted(self.route.s, s), len(self.route.s) - 1)
-        eyaw = self.route.yaw[k]
         shift = self.world.ego_lateral * np.maximum(1 - GUARD_T_SAMPLES / 2.0, 0.0)  # what pure pursuit takes out
-        ex = self.route.xy[k, 0] - np.sin(eyaw) * shift
-        ey = self.route.xy[k, 1] + np.cos(eyaw) * shift
+        ex, ey, eyaw = self._route_pose(s, shift)
         # Boxes meet: a cheap circle test first, then separating axes on the close pairs.
         ax, ay, ayaw, ahl, ahw = others
         ehl, ehw = self.limits.length / 2 + GUARD_MARGIN[0], self.limits.width / 2 + GUARD_MARGIN[1]
@@ -513,10 +509,8 @@ class Expert:
             speed = veh[moving, 3:4]  # (M, 1)
             accel = np.where(speed < 8.0, START_ACCEL, 0.0)
             dist = speed * t[None] + 0.5 * accel * t[None] ** 2  # (M, 8)
-            yaw = veh[moving, 2:3] + np.clip(self.turn_rate[moving, None] * (t - 0.25), -MAX_TURN, MAX_TURN)
-            step = np.diff(dist, axis=1, prepend=0.0)  # (M, 8) along the turn, heading taken mid-step
-            fx = veh[moving, 0:1] + np.cumsum(step * np.cos(yaw), 1)  # (M, 8)
-            fy = veh[moving, 1:2] + np.cumsum(step * np.sin(yaw), 1)
+            step = np.diff(dist, axis=1, prepend=0.0)  # (M, 8)
+            fx, fy, _ = _turning_path(veh[moving], self.turn_rate[moving], t - 0.25, step)  # (M, 8)
             fs, flat, _ = self._project(np.stack([fx.ravel(), fy.ravel()], -1))
             fs, flat = fs.reshape(len(moving), 8), flat.reshape(len(moving), 8)
             inside = (np.abs(flat) < half_w + veh[moving, 5:6] / 2 + 0.5) & (fs > front - 2) & (fs - front < 60)
@@ -591,6 +585,17 @@ class Expert:
             )
         facts["pedestrians"] = [p for _, p in sorted(rel_list, key=lambda x: x[0])[:3]]
         return out
+
+
+def _turning_path(
+    start: np.ndarray, rate: np.ndarray, mid_t: np.ndarray, step: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, y and yaw (A, T) of vehicles `start` (A, >= 3: x, y, yaw) that keep turning at `rate` (A,) rad/s, the turn
+    capped at MAX_TURN, and travel `step` metres (A, T or 1) in each interval, heading taken at its middle `mid_t`."""
+    yaw = start[:, 2:3] + np.clip(rate[:, None] * mid_t[None], -MAX_TURN, MAX_TURN)
+    x = start[:, 0:1] + np.cumsum(step * np.cos(yaw), axis=1)
+    y = start[:, 1:2] + np.cumsum(step * np.sin(yaw), axis=1)
+    return x, y, yaw
 
 
 def _clip(x: float, lo: float, hi: float) -> float:
