@@ -118,8 +118,8 @@ def cmd_drive(a: argparse.Namespace) -> int:
     from worlddrive.eval.rollout import RolloutJob, render_rollout
 
     _families(a.family)
-    make_driver(a.policy)  # a missing or mismatched checkpoint is named here, before any driving
-    res = render_rollout(RolloutJob(a.policy, a.family, a.seed, a.out, a.every))
+    make_driver(a.policy, replan_every=a.replan_every)  # a bad checkpoint or setting is named before driving
+    res = render_rollout(RolloutJob(a.policy, a.family, a.seed, a.out, a.every, replan_every=a.replan_every))
     if res.error:
         print(res.error, file=sys.stderr)
         return 1
@@ -151,7 +151,9 @@ def cmd_eval(a: argparse.Namespace) -> int:
     for spec in policies:
         make_driver(spec)  # fail fast, in this process, on a missing or mismatched checkpoint
     out = _writable_dir(Path(a.out))
-    cfg = EvalConfig(policies, families, seeds, a.workers, a.ray_address, a.gallery, a.data)
+    cfg = EvalConfig(
+        policies, families, seeds, a.workers, a.ray_address, a.gallery, a.data, replan_every=a.replan_every
+    )
     with _progress() as progress:
         summary = evaluate(cfg, out, progress)
     console = Console(width=160)
@@ -174,6 +176,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
             collisions=pol["collisions"],
             episodes=pol["episodes"],
             errors=pol["errors"],
+            replan_every=a.replan_every,
             **{k: float(ol[k]) for k in OPEN_LOOP_RESULT if k in ol},
         )
     return 0
@@ -415,6 +418,7 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         eval_seeds=_seed_range(a.eval_seeds) if a.eval_seeds else _default_eval_seeds(a.episodes),
         workers=a.workers,
         vq_steps=a.vq_steps,
+        replan_every=a.replan_every,
     )
     with _progress() as progress:
         result = ablation(cfg, out, main, progress)
@@ -517,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=3)
     v.add_argument("--out", default="drive.gif")
     v.add_argument("--every", type=int, default=2, help="keep every n-th 10 Hz step in the GIF")
+    _replan_argument(v)
     v.set_defaults(fn=cmd_drive)
 
     e = sub.add_parser("eval", help="closed-loop Drive Score per family on held-out seeds, with a report")
@@ -533,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ray-address", default=None)
     e.add_argument("--gallery", type=int, default=3, help="GIFs of each policy's worst episodes")
     e.add_argument("--data", default=None, help="a dataset whose val split gives open-loop metrics")
+    _replan_argument(e)
     e.set_defaults(fn=cmd_eval)
 
     t = sub.add_parser("train", help="train the VLA policy (resumable; runs under torchrun for DDP)")
@@ -610,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--episodes", type=int, default=10, help="evaluation episodes per family")
     x.add_argument("--eval-seeds", default=None, help="A-B replaces the default held-out seed list")
     x.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
+    _replan_argument(x)
     x.set_defaults(fn=cmd_experiment)
 
     m = sub.add_parser("demo", help="the main job: data, VLA with and without world model, closed loop, report")
@@ -621,6 +628,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
     m.set_defaults(fn=cmd_demo)
     return p
+
+
+def _replan_argument(parser: argparse.ArgumentParser) -> None:
+    from worlddrive.eval.drivers import REPLAN_EVERY
+
+    parser.add_argument(
+        "--replan-every",
+        type=int,
+        default=REPLAN_EVERY,
+        help="run a learned policy's network every N 10 Hz steps, driving its last plan in between (1: every step)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from worlddrive.eval.drivers import REPLAN_EVERY
 from worlddrive.eval.evaluate import EvalConfig, evaluate
 from worlddrive.eval.report import write_report
 from worlddrive.fileio import write_json_atomic, write_text_atomic
@@ -35,11 +36,14 @@ class AblationConfig:
     eval_seeds: list[int] = field(default_factory=list)
     workers: int = 1
     vq_steps: int = 400
+    replan_every: int = REPLAN_EVERY  # closed loop: a policy's network runs every this many 10 Hz steps
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise KeyError(f"unknown ablation variant {unknown}; known: {', '.join(VARIANTS)}")
+        if self.replan_every < 1:
+            raise ValueError(f"replan_every must be >= 1, got {self.replan_every}")
         bad = [f for f in self.fractions if not 0 < f <= 1]
         if bad:
             raise ValueError(f"data fractions must lie in (0, 1], got {bad}")
@@ -64,9 +68,10 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
     if any("vq" in VARIANTS[v] for v in cfg.variants) and not (out / "vq" / "config.json").exists():
         _run(cli, ["train-tokenizer", "--data", cfg.data, "--out", str(out / "vq"), "--steps", str(cfg.vq_steps)])
     specs = {}
-    for variant in cfg.variants:
+    # seed outermost: a run stopped part-way has every variant and fraction of its first seed(s) trained
+    for seed in cfg.seeds:
         for fraction in cfg.fractions:
-            for seed in cfg.seeds:
+            for variant in cfg.variants:
                 name = run_name(variant, fraction, seed)
                 argv = ["train", "--config", cfg.config, "--data", cfg.data, "--out", str(runs / name)]
                 argv += ["--wm", VARIANTS[variant], "--data-fraction", str(fraction), "--seed", str(seed)]
@@ -77,11 +82,18 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
                 _run(cli, argv)
                 specs[name] = (variant, fraction, seed)
     eval_cfg = EvalConfig(
-        [str(runs / n) for n in specs], cfg.families, cfg.eval_seeds, cfg.workers, gallery=1, data=cfg.data
+        [str(runs / n) for n in specs],
+        cfg.families,
+        cfg.eval_seeds,
+        cfg.workers,
+        gallery=1,
+        data=cfg.data,
+        replan_every=cfg.replan_every,
     )
     summary = evaluate(eval_cfg, out / "eval", progress)
     rows = []
-    for name, (variant, fraction, seed) in specs.items():
+    by_variant = sorted(specs.items(), key=lambda kv: (cfg.variants.index(kv[1][0]), kv[1][1], kv[1][2]))
+    for name, (variant, fraction, seed) in by_variant:
         pol = summary["policies"][name]
         rows.append(
             {

@@ -4,8 +4,16 @@ import numpy as np
 import pytest
 
 from worlddrive.eval.closed_loop import run_episode
-from worlddrive.eval.drivers import ConstantVelocityDriver, IdmDriver, make_driver, policy_dir
+from worlddrive.eval.drivers import (
+    ConstantVelocityDriver,
+    IdmDriver,
+    PolicyDriver,
+    make_driver,
+    policy_dir,
+    shift_plan,
+)
 from worlddrive.sim.expert import Expert
+from worlddrive.sim.state import to_world_frame
 
 
 def test_idm_baseline_runs_the_red_lights_the_expert_stops_for():
@@ -39,3 +47,53 @@ def test_policy_spec_without_checkpoint_is_named(tmp_path):
         policy_dir(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="no checkpoint there"):
         make_driver(str(tmp_path / "missing"))
+
+
+def _straight_plan(speed: float) -> np.ndarray:
+    plan = np.zeros((8, 3), np.float32)
+    plan[:, 0] = speed * 0.5 * np.arange(1, 9)
+    return plan
+
+
+def test_a_shifted_plan_is_the_same_path_from_where_the_car_now_is():
+    # Planned at (3, -2) heading 0.7 rad: 10 m/s straight ahead. 0.3 s later the car is 3 m further along it.
+    planned_at = np.array([3.0, -2.0, 0.7, 10.0, 0, 0, 0, 0], np.float32)
+    now = planned_at.copy()
+    now[:2] = to_world_frame(np.array([3.0, 0.0]), planned_at)
+    shifted = shift_plan(_straight_plan(10.0), planned_at, now, 0.3)
+    assert np.allclose(shifted, _straight_plan(10.0), atol=1e-4)  # the 4 s beyond the horizon extend the last step
+    # A car that drifted 1 m left of the plan is asked to come back 1 m right; its heading error is undone too.
+    now[:2] = to_world_frame(np.array([3.0, 1.0]), planned_at)
+    now[2] = 0.8
+    shifted = shift_plan(_straight_plan(10.0), planned_at, now, 0.3)
+    assert np.allclose(shifted[:, 2], -0.1, atol=1e-6)
+    assert np.allclose(
+        to_world_frame(shifted[:, :2], now), to_world_frame(_straight_plan(10.0)[:, :2] + [3, 0], planned_at), atol=1e-4
+    )
+
+
+class _CountingPolicy:
+    """Stands in for WorldDrivePolicy: counts forward passes and frames seen, plans 5 m/s straight ahead."""
+
+    def __init__(self):
+        self.predicts = self.frames = 0
+
+    def reset(self):
+        pass
+
+    def observe(self, obs):
+        self.frames += 1
+
+    def predict(self, obs, reason=False):
+        self.observe(obs)
+        self.predicts += 1
+        return {"trajectory": _straight_plan(5.0), "reasoning": None}
+
+
+def test_replanning_every_n_steps_runs_the_network_every_n_steps_and_sees_every_frame():
+    policy = _CountingPolicy()
+    res = run_episode("straight", 1, PolicyDriver(policy, replan_every=5))
+    assert res.error is None and res.steps > 20
+    assert policy.frames == res.steps and policy.predicts == -(-res.steps // 5)
+    with pytest.raises(ValueError, match="replan_every"):
+        PolicyDriver(policy, replan_every=0)

@@ -59,6 +59,12 @@ def test_eval_resumes_without_rerunning_recorded_episodes(tmp_path):
     assert ran == [0, 0] and again == first
 
 
+def test_a_folder_evaluated_with_another_replanning_interval_is_refused(tmp_path):
+    evaluate(EvalConfig(["constant-velocity"], ["crosswalk"], [1000000], gallery=0, replan_every=1), tmp_path)
+    with pytest.raises(ValueError, match="--replan-every 1, not 5"):
+        evaluate(EvalConfig(["constant-velocity"], ["crosswalk"], [1000000], gallery=0, replan_every=5), tmp_path)
+
+
 def test_policy_that_raises_is_a_recorded_failure(checkpoint, tmp_path):
     broken = tmp_path / "broken"
     (broken / "policy").mkdir(parents=True)

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from worlddrive.eval.drivers import Driver, ExpertDriver, cached_driver
+from worlddrive.eval.drivers import REPLAN_EVERY, Driver, ExpertDriver, cached_driver
 from worlddrive.eval.metrics import DriveScore, InfractionTracker
 from worlddrive.parallel import run_jobs
 from worlddrive.sim.expert import ExpertOutput
@@ -132,12 +132,13 @@ class EpisodeJob:
     seed: int
     expert_progress_m: float | None = None
     threads: int = 0  # torch threads of a learned driver; 0 leaves torch's default
+    replan_every: int = REPLAN_EVERY  # a learned driver's network runs every this many steps (see PolicyDriver)
 
 
 def run_job(job: EpisodeJob) -> EpisodeResult:
     """One episode in this process; a driver that fails to load is a failed episode with its traceback too."""
     try:
-        driver = cached_driver(job.driver, job.threads)
+        driver = cached_driver(job.driver, job.threads, job.replan_every)
     except Exception:
         return EpisodeResult(job.family, job.seed, job.driver, None, 0.0, 0.0, 0, error=traceback.format_exc())
     return run_episode(job.family, job.seed, driver, job.expert_progress_m)

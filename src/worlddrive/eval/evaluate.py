@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from worlddrive.eval.closed_loop import EpisodeJob, EpisodeResult, family_table, run_episodes
-from worlddrive.eval.drivers import BASELINES, policy_dir
+from worlddrive.eval.drivers import BASELINES, REPLAN_EVERY, policy_dir
 from worlddrive.eval.rollout import RolloutJob, render_rollout
 from worlddrive.fileio import write_json_atomic
 from worlddrive.parallel import run_jobs
@@ -35,6 +35,11 @@ class EvalConfig:
     gallery: int = 3  # GIFs of each driver's worst episodes (0: none)
     data: str | None = None  # a dataset whose val split gives the learned policies' open-loop metrics
     open_loop_samples: int = 512
+    replan_every: int = REPLAN_EVERY  # a learned policy's network runs every this many 10 Hz steps (see PolicyDriver)
+
+    def __post_init__(self) -> None:
+        if self.replan_every < 1:
+            raise ValueError(f"replan_every must be >= 1, got {self.replan_every}")
 
 
 def driver_name(spec: str) -> str:
@@ -58,13 +63,13 @@ def evaluate(
         raise ValueError(f"two policies would share a name in the tables: {names}")
     threads = 1 if cfg.workers > 1 or cfg.ray_address else 0  # one torch thread per worker process
     out.mkdir(parents=True, exist_ok=True)
-    done = _load_records(out / RECORDS)
+    done = _load_records(out / RECORDS, cfg.replan_every)
     results: dict[str, list[EpisodeResult]] = {}
     with open(out / RECORDS, "a") as fh:
         for spec in specs:
             expert = {(r.family, r.seed): r.progress_m for r in results.get("expert", []) if r.score is not None}
             jobs = [
-                EpisodeJob(spec, f, s, None if spec == "expert" else expert.get((f, s)), threads)
+                EpisodeJob(spec, f, s, None if spec == "expert" else expert.get((f, s)), threads, cfg.replan_every)
                 for f in cfg.families
                 for s in cfg.seeds
             ]
@@ -76,7 +81,7 @@ def evaluate(
             def finished(r: EpisodeResult, spec: str = spec, fresh: list = fresh, tick=tick) -> None:
                 r.driver = names[spec]
                 fresh.append(r)
-                fh.write(json.dumps({"spec": spec, **r.as_dict()}) + "\n")
+                fh.write(json.dumps({"spec": spec, "replan_every": cfg.replan_every, **r.as_dict()}) + "\n")
                 fh.flush()
                 if tick:
                     tick()
@@ -88,6 +93,7 @@ def evaluate(
         "seeds": [cfg.seeds[0], cfg.seeds[-1]],
         "families": cfg.families,
         "heldout_family": next((f for f in cfg.families if f in HELDOUT_FAMILIES), None),
+        "replan_every": cfg.replan_every,
         "policies": {names[s]: policy_summary(results[s], results["expert"]) for s in specs},
     }
     if cfg.data:
@@ -123,8 +129,9 @@ def policy_summary(results: list[EpisodeResult], expert: list[EpisodeResult]) ->
     }
 
 
-def _load_records(path: Path) -> dict[tuple[str, str, int], EpisodeResult]:
-    """Episodes of an interrupted run; a torn last line (killed mid-write) is dropped and rerun."""
+def _load_records(path: Path, replan_every: int) -> dict[tuple[str, str, int], EpisodeResult]:
+    """Episodes of an interrupted run; a torn last line (killed mid-write) is dropped and rerun. A folder
+    evaluated with another replanning interval is refused: its episodes would be mixed into this one's means."""
     if not path.exists():
         return {}
     done = {}
@@ -133,9 +140,16 @@ def _load_records(path: Path) -> dict[tuple[str, str, int], EpisodeResult]:
             d = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if d.get("replan_every", 1) != replan_every:
+            raise ValueError(
+                f"{path} holds episodes driven with --replan-every {d.get('replan_every', 1)}, not {replan_every}: "
+                "evaluate into another --out folder"
+            )
         r = EpisodeResult.from_dict(d)
         done[(d["spec"], r.family, r.seed)] = r
-    path.write_text("".join(json.dumps({"spec": k[0], **r.as_dict()}) + "\n" for k, r in done.items()))
+    path.write_text(
+        "".join(json.dumps({"spec": k[0], "replan_every": replan_every, **r.as_dict()}) + "\n" for k, r in done.items())
+    )
     return done
 
 
@@ -169,7 +183,8 @@ def _gallery(
         worst = sorted(results[spec], key=lambda r: (r.score is not None, r.score.ds if r.score else 0.0))
         for r in worst[: cfg.gallery]:
             gif = f"gifs/{names[spec]}_{r.family}_{r.seed}.gif"
-            jobs.append(RolloutJob(spec, r.family, r.seed, str(out / gif), 2, expert.get((r.family, r.seed)), threads))
+            progress_m = expert.get((r.family, r.seed))
+            jobs.append(RolloutJob(spec, r.family, r.seed, str(out / gif), 2, progress_m, threads, cfg.replan_every))
             entries.append(
                 {
                     "policy": names[spec],

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from worlddrive.eval.closed_loop import EpisodeResult, run_episode
-from worlddrive.eval.drivers import make_driver
+from worlddrive.eval.drivers import REPLAN_EVERY, make_driver
 from worlddrive.eval.visualize import bev_panel, panel, write_gif
 from worlddrive.sim.camera import BevConfig, BevRenderer, FrontCamera
 from worlddrive.sim.state import EGO_SPEED
@@ -25,6 +25,7 @@ class RolloutJob:
     every: int = 2  # keep every n-th 10 Hz step
     expert_progress_m: float | None = None
     threads: int = 0
+    replan_every: int = REPLAN_EVERY
 
 
 def render_rollout(job: RolloutJob) -> EpisodeResult:
@@ -35,7 +36,7 @@ def render_rollout(job: RolloutJob) -> EpisodeResult:
         import torch
 
         torch.set_num_threads(job.threads)
-    driver = make_driver(job.driver, reason_every=REASON_EVERY, plan=True)
+    driver = make_driver(job.driver, reason_every=REASON_EVERY, plan=True, replan_every=job.replan_every)
     cam, bev_cfg = FrontCamera(), BevConfig()
     bev = BevRenderer(bev_cfg)
     frames: list[np.ndarray] = []

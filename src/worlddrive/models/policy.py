@@ -118,7 +118,7 @@ class WorldDrivePolicy(nn.Module):
         # The world-model heads, if any, read the current frame's hidden grid (`visual_grid`) and the batch. They are
         # a submodule, so their weights travel in the same state dict and checkpoint.
         self.world_model = world_model if world_model is not None else _world_model(config)
-        self._history: deque[tuple[torch.Tensor, np.ndarray]] = deque(maxlen=PAST * KEY_EVERY + 1)
+        self._history: deque[tuple[torch.Tensor, np.ndarray, int, str]] = deque(maxlen=PAST * KEY_EVERY + 1)
 
     @classmethod
     def from_dataset(cls, config: PolicyConfig, dataset: WorldDriveDataset) -> WorldDrivePolicy:
@@ -300,7 +300,8 @@ class WorldDrivePolicy(nn.Module):
         The observation joins the history, so call it once per env step. Sampling experts draw from a generator
         seeded with `seed`: the same observation gives the same samples.
         """
-        batch = self._observe(obs)
+        self.observe(obs)
+        batch = self._history_batch()
         generator = torch.Generator(self.device).manual_seed(seed)
         samples = self.predict_trajectory(batch, num_samples, generator)[0].float().cpu().numpy()  # (K, W, 3)
         return {
@@ -309,15 +310,19 @@ class WorldDrivePolicy(nn.Module):
             "reasoning": self.generate_reasoning(batch)[0] if reason else None,
         }
 
-    def _observe(self, obs: dict[str, Any]) -> dict[str, Any]:
-        """Add an env observation to the history; a batch of one in the dataset's layout.
+    def observe(self, obs: dict[str, Any]) -> None:
+        """Add an env observation to the history without predicting (`predict` does this itself): a driver that
+        replans less often than every env step still shows the policy every step's frame."""
+        camera = torch.from_numpy(np.ascontiguousarray(obs["camera"])).permute(2, 0, 1)  # (3, H, W)
+        self._history.append((camera, np.asarray(obs["ego"], np.float32), obs["command"], obs["instruction"]))
+
+    def _history_batch(self) -> dict[str, Any]:
+        """The latest observation and its past as a batch of one in the dataset's layout.
 
         The dataset's past frames are 0.5 s (KEY_EVERY env steps) apart. Early in an episode, missing past frames
         repeat the oldest one seen and missing past poses assume the ego drove straight at its current speed.
         """
-        camera = torch.from_numpy(np.ascontiguousarray(obs["camera"])).permute(2, 0, 1)  # (3, H, W)
-        ego = np.asarray(obs["ego"], np.float32)
-        self._history.append((camera, ego))
+        _, ego, command, instruction = self._history[-1]
         frames, poses = [], []
         for age in range(PAST, -1, -1):  # oldest first
             i = len(self._history) - 1 - age * KEY_EVERY
@@ -332,8 +337,8 @@ class WorldDrivePolicy(nn.Module):
             "camera": torch.stack(frames),  # (PAST + 1, 3, H, W)
             "ego": torch.from_numpy(ego),
             "past_trajectory": torch.tensor(poses[::-1], dtype=torch.float32),  # 0.5 s ago first, like the dataset
-            "command": torch.tensor(int(obs["command"])),
-            "instruction": str(obs["instruction"]),
+            "command": torch.tensor(int(command)),
+            "instruction": str(instruction),
         }
         return self.collate([item])
 
