@@ -8,6 +8,7 @@ killed experiment rerun with the same command picks up where it stopped.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
                 argv += ["--max-steps", str(cfg.max_steps), "--batch-size", str(cfg.batch_size)]
                 if "vq" in VARIANTS[variant]:
                     argv += ["--vq", str(out / "vq")]
-                print(f"\n$ worlddrive {' '.join(argv)}", flush=True)
+                print(f"\n$ worlddrive {shlex.join(argv)}", flush=True)  # copy-pasteable, empty --wm included
                 _run(cli, argv)
                 specs[name] = (variant, fraction, seed)
     eval_cfg = EvalConfig(

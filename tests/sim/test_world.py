@@ -1,7 +1,9 @@
 """The SUMO world: layouts build, routes join, scenarios reproduce, the ego obeys its limits."""
 
+import libsumo
 import numpy as np
 import pytest
+from libsumo import constants as tc
 
 from worlddrive.sim import network as nw
 from worlddrive.sim.route import build_route
@@ -99,6 +101,22 @@ def test_sumo_inserts_no_car_on_or_next_to_the_ego():
                     seen.add(vid)
             s = w.step(0.0, 0.0) if k < steps else s
         w.close()
+
+
+def test_agents_sumo_reports_at_its_invalid_position_are_left_out(monkeypatch):
+    w = World(make_spec("crosswalk", 3))
+    w.reset()
+    while not libsumo.person.getAllSubscriptionResults():
+        w.step(0.0, 0.0)
+    people = libsumo.person.getAllSubscriptionResults()
+    real = {pid: dict(r) for pid, r in people.items()}
+    lost = dict(next(iter(real.values())))
+    lost[tc.VAR_POSITION] = (tc.INVALID_DOUBLE_VALUE, tc.INVALID_DOUBLE_VALUE)
+    monkeypatch.setattr(libsumo.person, "getAllSubscriptionResults", lambda: {**real, "lost": lost})
+    s = w.state()
+    w.close()
+    assert "lost" not in s.pedestrian_ids and len(s.pedestrian_ids) == len(real) + len(w.spec.scripted_pedestrians)
+    assert np.abs(s.pedestrians[:, :2]).max() < 1e4
 
 
 def test_bicycle_respects_limits_and_rejects_nan():

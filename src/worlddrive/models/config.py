@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from worlddrive.data.dataset import HEAD_FIELDS
 from worlddrive.data.record import FUTURE, PAST
 
 ACTION_EXPERTS = ("query", "flow", "ar")
-WM_HEADS = ("vq", "frame", "bev")
+WM_HEADS = tuple(HEAD_FIELDS)  # vq, frame, bev; the dataset knows which field each one reads
 DEVICES = ("auto", "cpu", "cuda")
 INSTRUCTION_ENCODERS = ("bpe", "minilm")
 HF_PREFIX = "hf:"

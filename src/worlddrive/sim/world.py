@@ -38,6 +38,13 @@ VEHICLE_VARS = (tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED, tc.VAR_LENGTH, tc.V
 INSERT_CLEARANCE = 10.0  # m from the ego centre to the front bumper of a car SUMO inserts; closer ones are removed
 PERSON_VARS = (tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED, tc.VAR_ROAD_ID, tc.VAR_NEXT_EDGE)
 
+
+def _placed(row: dict) -> bool:
+    """False for an agent SUMO reports at INVALID_DOUBLE_VALUE (-2**30 m): seen for a pedestrian for a few steps
+    (policy-takeover data, crosswalk 324-327); kept, it put a box 1e9 m away into the labels and the BEV."""
+    return row[tc.VAR_POSITION][0] != tc.INVALID_DOUBLE_VALUE
+
+
 VTYPES = """<additional>
   <vType id="car" vClass="passenger" length="4.6" width="1.85" carFollowModel="IDM" accel="2.2" decel="4.0"
          emergencyDecel="8" tau="1.2" minGap="2.5" sigma="0.3" speedFactor="normc(1,0.08,0.8,1.2)"/>
@@ -440,7 +447,7 @@ class World:
 
     def state(self) -> WorldState:
         veh = libsumo.vehicle.getAllSubscriptionResults()
-        ids = [vid for vid in veh if vid != "ego"]
+        ids = [vid for vid, r in veh.items() if vid != "ego" and _placed(r)]
         rows = [veh[vid] for vid in ids]
         # SUMO reports the front bumper and a compass angle; our boxes are centred, yaw counter-clockwise from +x.
         # Computed in float64 for all vehicles at once, rounded to float32 once, like every other field.
@@ -457,7 +464,7 @@ class World:
         kinds = [TRUCK if r[tc.VAR_TYPE] == "truck" else CAR for r in rows] + [PARKED] * len(parked)
         ids += [f"parked{k}" for k in range(len(parked))]
         people = libsumo.person.getAllSubscriptionResults()
-        pids = list(people)
+        pids = [pid for pid, r in people.items() if _placed(r)]
         walkers = [people[pid] for pid in pids]
         intents = []
         for r in walkers:
