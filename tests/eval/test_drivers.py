@@ -73,7 +73,8 @@ def test_a_shifted_plan_is_the_same_path_from_where_the_car_now_is():
 
 
 class _CountingPolicy:
-    """Stands in for WorldDrivePolicy: counts forward passes and frames seen, plans 5 m/s straight ahead."""
+    """Stands in for WorldDrivePolicy: counts forward passes and frames seen; plans straight ahead at a speed
+    that changes with the number of frames seen."""
 
     def __init__(self):
         self.predicts = self.frames = 0
@@ -87,7 +88,7 @@ class _CountingPolicy:
     def predict(self, obs, reason=False):
         self.observe(obs)
         self.predicts += 1
-        return {"trajectory": _straight_plan(5.0), "reasoning": None}
+        return {"trajectory": _straight_plan(4.0 + self.frames % 7), "reasoning": None}
 
 
 def test_replanning_every_n_steps_runs_the_network_every_n_steps_and_sees_every_frame():
@@ -95,5 +96,9 @@ def test_replanning_every_n_steps_runs_the_network_every_n_steps_and_sees_every_
     res = run_episode("straight", 1, PolicyDriver(policy, replan_every=5))
     assert res.error is None and res.steps > 20
     assert policy.frames == res.steps and policy.predicts == -(-res.steps // 5)
+    # Reasoning every 3 steps runs the network more often but drives the same episode.
+    reasoning = PolicyDriver(_CountingPolicy(), replan_every=5, reason_every=3)
+    again = run_episode("straight", 1, reasoning)
+    assert reasoning.policy.predicts > policy.predicts and again.as_dict() == res.as_dict()
     with pytest.raises(ValueError, match="replan_every"):
         PolicyDriver(policy, replan_every=0)

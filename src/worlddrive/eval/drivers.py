@@ -110,15 +110,16 @@ class PolicyDriver:
     def act(self, state: WorldState) -> ExpertOutput:
         obs = self.observer(state)
         reason = self.reason_every > 0 and self.steps % self.reason_every == 0
-        if reason or self.steps % self.replan_every == 0:
-            pred = self.policy.predict(obs, reason=reason)
+        replan = self.steps % self.replan_every == 0
+        if replan or reason:  # writing reasoning never replans: a GIF's episode is the one the evaluation scored
+            pred = self.policy.predict(obs, reason=reason)  # sees the frame too
             if reason:
                 self.reasoning = pred["reasoning"]
-            self.plan = (pred["trajectory"], state.ego.copy())
-            traj = pred["trajectory"]
+            if replan:
+                self.plan = (pred["trajectory"], state.ego.copy())
         else:
             self.policy.observe(obs)
-            traj = shift_plan(*self.plan, state.ego, (self.steps % self.replan_every) * DT)
+        traj = self.plan[0] if replan else shift_plan(*self.plan, state.ego, (self.steps % self.replan_every) * DT)
         self.steps += 1
         return ExpertOutput(*self.controller(traj, float(state.ego[EGO_SPEED])), traj)
 
