@@ -318,7 +318,8 @@ class Expert:
         par = np.nonzero(direction)[0]
         if len(par):
             off = llat[par, None] + np.clip(lrate[par, None] * t[None], -LANE_DRIFT, LANE_DRIFT)  # (P, T)
-            ax[par], ay[par], pyaw = self._route_pose(ls[par, None] + direction[par, None] * a[par, 3:4] * t[None], off)
+            k = self._route_index(ls[par, None] + direction[par, None] * a[par, 3:4] * t[None])
+            ax[par], ay[par], pyaw = self._route_pose(k, off)
             ayaw[par] = pyaw + np.where(direction[par, None] > 0, 0.0, np.pi)
         return ax, ay, ayaw, a[:, 4] / 2, a[:, 5] / 2, a[:, 3]
 
@@ -326,9 +327,8 @@ class Expert:
         """Index of the route point at (or just past) arc lengths `s`, clamped to its end."""
         return np.minimum(np.searchsorted(self.route.s, s), len(self.route.s) - 1)
 
-    def _route_pose(self, s: np.ndarray, offset: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x, y and heading of the route at arc lengths `s` (clamped to its end), `offset` metres to its left."""
-        k = self._route_index(s)
+    def _route_pose(self, k: np.ndarray, offset: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x, y and heading of the route at path indices `k` (`_route_index`), `offset` metres to its left."""
         yaw = self.route.yaw[k]
         return self.route.xy[k, 0] - np.sin(yaw) * offset, self.route.xy[k, 1] + np.cos(yaw) * offset, yaw
 
@@ -346,13 +346,14 @@ class Expert:
         s = self.world.ego_s + np.cumsum(speed * GUARD_DT, axis=1)
         speed, s = speed[:, 1::2], s[:, 1::2]  # (K, T) every 0.2 s
         shift = self.world.ego_lateral * np.maximum(1 - GUARD_T_SAMPLES / 2.0, 0.0)  # what pure pursuit takes out
-        ex, ey, eyaw = self._route_pose(s, shift)
+        k = self._route_index(s)
+        ex, ey, eyaw = self._route_pose(k, shift)
         # Boxes meet: a cheap circle test first, then separating axes on the close pairs.
         ax, ay, ayaw, ahl, ahw, aspeed = others
         ehl, ehw = self.limits.length / 2 + GUARD_MARGIN[0], self.limits.width / 2 + GUARD_MARGIN[1]
         dx, dy = ax.T[None] - ex[..., None], ay.T[None] - ey[..., None]  # (K, T, A)
         ttc = (
-            self._ttc_conflict(dx, dy, self.heading[self._route_index(s)], speed, ayaw, ahl, ahw, aspeed)
+            self._ttc_conflict(dx, dy, self.heading[k], speed, ayaw, ahl, ahw, aspeed)
             if check_ttc
             else np.zeros(len(s), bool)
         )
@@ -383,13 +384,22 @@ class Expert:
         forecast boxes (`dx`, `dy` (K, T, A) offsets) carried on at constant velocity and heading for 0.9 s, agents
         whose centre is ahead of the ego's and that do not touch it now, the ego moving above TTC_MOVING."""
         h = TTC_SAMPLES
-        dx, dy, eyaw, speed = dx[:, :h], dy[:, :h], eyaw[:, :h, None], speed[:, :h, None]
+        dx, dy, speed = dx[:, :h], dy[:, :h], speed[:, :h, None]
+        # Only pairs that can come within reach in 0.9 s: first a bound without trigonometry (the relative speed is
+        # at most the sum of both speeds), then, for the agents that pass it, the relative velocity.
+        reach = np.hypot(self.limits.length / 2, self.limits.width / 2) + 2 * TTC_MARGIN + np.hypot(ahl, ahw)  # (A,)
+        bound = reach + TTC_TAU[-1] * (aspeed + speed)  # (K, h, A)
+        maybe = (dx * dx + dy * dy < bound * bound) & (speed > TTC_MOVING)
+        if not maybe.any():
+            return np.zeros(len(dx), bool)
+        cols = np.nonzero(maybe.any((0, 1)))[0]
+        dx, dy, speed_a, reach = dx[..., cols], dy[..., cols], aspeed[cols], reach[cols]
+        ayaw, ahl, ahw = ayaw[cols], ahl[cols], ahw[cols]
+        eyaw = eyaw[:, :h, None]
         c, sn = np.cos(eyaw), np.sin(eyaw)
-        rx, ry = dx * c + dy * sn, dy * c - dx * sn  # (K, h, A) in each ego pose's frame
-        dyaw = ayaw.T[None, :h] - eyaw  # (K, h, A)
-        vx, vy = aspeed * np.cos(dyaw) - speed, aspeed * np.sin(dyaw)  # relative velocity
-        # Only pairs that can come within reach in 0.9 s.
-        reach = np.hypot(self.limits.length / 2, self.limits.width / 2) + 2 * TTC_MARGIN + np.hypot(ahl, ahw)
+        rx, ry = dx * c + dy * sn, dy * c - dx * sn  # (K, h, A') in each ego pose's frame
+        dyaw = ayaw.T[None, :h] - eyaw  # (K, h, A')
+        vx, vy = speed_a * np.cos(dyaw) - speed, speed_a * np.sin(dyaw)  # relative velocity
         near = (rx > 0) & (speed > TTC_MOVING) & (np.hypot(rx, ry) < reach + TTC_TAU[-1] * np.hypot(vx, vy))
         if not near.any():
             return np.zeros(len(dx), bool)
