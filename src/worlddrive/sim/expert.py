@@ -57,6 +57,7 @@ GUARD_DT, GUARD_STEPS = 0.1, 40  # the guard's 4 s roll-out, checked every 2nd s
 GUARD_T, GUARD_T_SAMPLES = GUARD_DT * GUARD_STEPS, np.arange(2, GUARD_STEPS + 1, 2) * GUARD_DT  # s, (T,) s
 GUARD_ACCELS = (0.0, -1.0, -2.0, -3.0, -4.5, -8.0)  # m/s^2 braking fall-backs, gentlest first
 GUARD_MARGIN = (0.5, 0.3)  # m added to the ego's half length and half width in the guard
+BESIDE = 0.5  # m: an obstacle whose line is this far behind the ego's front bumper is beside it, the IDM's no more
 # The metric's time-to-collision test (constant velocity and heading for 0.9 s, agents ahead, ego above 0.5 m/s),
 # checked at the guard's samples of the next TTC_HORIZON s: among collision-free choices no harder than
 # TTC_MIN_ACCEL, the guard prefers the first that passes it (PDM-Closed scores its proposals with TTC too).
@@ -201,7 +202,10 @@ class Expert:
         obstacles = [o for o in obstacles if o.kind in self.obey]
         accel = self._idm(v, float(self.curve_speed[w.ego_index]), obstacles, front)
         if "crossing_vehicle" in self.obey:
-            accel = self._guard(state, v, accel, {o.ref for o in obstacles if o.kind == "vehicle"}, lane)
+            # Leaders the IDM holds back for; a corridor car beside the front bumper (cutting in, or sliding over
+            # from the next lane) is the guard's like every other vehicle.
+            leaders = {o.ref for o in obstacles if o.kind == "vehicle" and o.s - front >= -BESIDE}
+            accel = self._guard(state, v, accel, leaders, lane)
         max_delta = JERK * 0.1 if accel > -4.5 else 1.0  # emergencies may exceed the comfort jerk
         self.accel = _clip(accel, self.accel - max_delta, self.accel + max_delta)
         path = to_ego_frame(self.route.xy[w.ego_index : w.ego_index + 160], state.ego)
@@ -219,7 +223,7 @@ class Expert:
             acc = max(acc, -B_COMF)
         for ob in obstacles:
             gap = ob.s - front - ob.min_gap
-            if ob.s - front < -0.5:
+            if ob.s - front < -BESIDE:
                 continue
             stop_at = gap + (ob.speed**2 / (2 * 5.0) if ob.speed > 0.5 else 0.0)
             need = v * v / (2 * max(stop_at, 0.05)) if v > 0.05 else 0.0  # constant decel that stops in time
