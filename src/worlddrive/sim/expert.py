@@ -57,6 +57,15 @@ GUARD_DT, GUARD_STEPS = 0.1, 40  # the guard's 4 s roll-out, checked every 2nd s
 GUARD_T, GUARD_T_SAMPLES = GUARD_DT * GUARD_STEPS, np.arange(2, GUARD_STEPS + 1, 2) * GUARD_DT  # s, (T,) s
 GUARD_ACCELS = (0.0, -1.0, -2.0, -3.0, -4.5, -8.0)  # m/s^2 braking fall-backs, gentlest first
 GUARD_MARGIN = (0.5, 0.3)  # m added to the ego's half length and half width in the guard
+BESIDE = 0.5  # m: an obstacle whose line is this far behind the ego's front bumper is beside it, the IDM's no more
+# The metric's time-to-collision test (constant velocity and heading for 0.9 s, agents ahead, ego above 0.5 m/s),
+# checked at the guard's samples of the next TTC_HORIZON s: among collision-free choices no harder than
+# TTC_MIN_ACCEL, the guard prefers the first that passes it (PDM-Closed scores its proposals with TTC too).
+TTC_HORIZON, TTC_TAU, TTC_MOVING = 2.0, np.arange(1, 10) * 0.1, 0.5  # s, (U,) s, m/s
+TTC_SAMPLES = round(TTC_HORIZON / (2 * GUARD_DT))  # guard samples (0.2 s apart) checked
+TTC_MIN_ACCEL = -3.0  # m/s^2: no harder braking than this for a TTC conflict alone (comfort bound: 4.05)
+TTC_MARGIN = 0.2  # m added to the ego's half length and half width in that test
+TTC_CHORD = 6  # path points (3 m) either side: the ego's heading is the chord's (the path's polyline corners are not)
 RULES = frozenset({"vehicle", "light", "stop_sign", "pedestrian", "crossing_vehicle"})  # the Obstacle kinds
 Projection = tuple[np.ndarray, np.ndarray, np.ndarray]  # `Expert._project`: arc length, lateral offset, path heading
 LaneTrack = tuple[np.ndarray, ...]  # (N,) each vehicle's `_lane_direction`, arc length, lateral offset, its rate
@@ -141,6 +150,9 @@ class Expert:
         self._lateral: dict[tuple[str, int], str] = {}
         self._route_s: list[float] = self.route.s.tolist()  # for bisect in the roll-out
         self.curve_speed = self._curve_speed_profile()
+        ends = np.minimum(np.arange(len(self.route.s)) + TTC_CHORD, len(self.route.s) - 1)
+        chord = self.route.xy[ends] - self.route.xy[np.maximum(np.arange(len(self.route.s)) - TTC_CHORD, 0)]
+        self.heading = np.arctan2(chord[:, 1], chord[:, 0])  # (P,) smoothed path heading
         self.reset()
 
     def reset(self) -> None:
@@ -190,7 +202,10 @@ class Expert:
         obstacles = [o for o in obstacles if o.kind in self.obey]
         accel = self._idm(v, float(self.curve_speed[w.ego_index]), obstacles, front)
         if "crossing_vehicle" in self.obey:
-            accel = self._guard(state, v, accel, {o.ref for o in obstacles if o.kind == "vehicle"}, lane)
+            # Leaders the IDM holds back for; a corridor car beside the front bumper (cutting in, or sliding over
+            # from the next lane) is the guard's like every other vehicle.
+            leaders = {o.ref for o in obstacles if o.kind == "vehicle" and o.s - front >= -BESIDE}
+            accel = self._guard(state, v, accel, leaders, lane)
         max_delta = JERK * 0.1 if accel > -4.5 else 1.0  # emergencies may exceed the comfort jerk
         self.accel = _clip(accel, self.accel - max_delta, self.accel + max_delta)
         path = to_ego_frame(self.route.xy[w.ego_index : w.ego_index + 160], state.ego)
@@ -208,7 +223,7 @@ class Expert:
             acc = max(acc, -B_COMF)
         for ob in obstacles:
             gap = ob.s - front - ob.min_gap
-            if ob.s - front < -0.5:
+            if ob.s - front < -BESIDE:
                 continue
             stop_at = gap + (ob.speed**2 / (2 * 5.0) if ob.speed > 0.5 else 0.0)
             need = v * v / (2 * max(stop_at, 0.05)) if v > 0.05 else 0.0  # constant decel that stops in time
@@ -280,13 +295,20 @@ class Expert:
         if not len(idx):
             return accel
         others = self._forecast(veh[idx].astype(np.float64), self.turn_rate[idx], tuple(x[idx] for x in lane))
-        first = self._first_meet(np.array([accel]), v, v_max, others)
-        if first[0] == GUARD_STEPS // 2:
+        # After WAIT_BREAK_S at a standstill the TTC preference yields: someone has to go.
+        check_ttc = state.t - self.waiting_since < WAIT_BREAK_S
+        first, ttc = self._first_meet(np.array([accel]), v, v_max, others, check_ttc)
+        if first[0] == GUARD_STEPS // 2 and not ttc[0]:
             return accel
         # The rules' choice, gentler-to-harder braking, then (a car closing in from the side) pulling away.
         targets = np.array([accel, *[a for a in GUARD_ACCELS if a < accel], *([A_MAX] if accel < A_MAX else [])])
-        first = np.concatenate([first, self._first_meet(targets[1:], v, v_max, others)])
-        clear = np.nonzero(first == GUARD_STEPS // 2)[0]
+        first2, ttc2 = self._first_meet(targets[1:], v, v_max, others, check_ttc)
+        first, ttc = np.concatenate([first, first2]), np.concatenate([ttc, ttc2])
+        clear = first == GUARD_STEPS // 2
+        calm = np.nonzero(clear & ~ttc & ((targets >= TTC_MIN_ACCEL) | (targets >= accel)))[0]
+        if len(calm):
+            return float(targets[calm[0]])
+        clear = np.nonzero(clear)[0]
         if len(clear):
             return float(targets[clear[0]])
         return float(targets[first == first.max()].min())
@@ -300,19 +322,26 @@ class Expert:
         par = np.nonzero(direction)[0]
         if len(par):
             off = llat[par, None] + np.clip(lrate[par, None] * t[None], -LANE_DRIFT, LANE_DRIFT)  # (P, T)
-            ax[par], ay[par], pyaw = self._route_pose(ls[par, None] + direction[par, None] * a[par, 3:4] * t[None], off)
+            k = self._route_index(ls[par, None] + direction[par, None] * a[par, 3:4] * t[None])
+            ax[par], ay[par], pyaw = self._route_pose(k, off)
             ayaw[par] = pyaw + np.where(direction[par, None] > 0, 0.0, np.pi)
-        return ax, ay, ayaw, a[:, 4] / 2, a[:, 5] / 2
+        return ax, ay, ayaw, a[:, 4] / 2, a[:, 5] / 2, a[:, 3]
 
-    def _route_pose(self, s: np.ndarray, offset: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """x, y and heading of the route at arc lengths `s` (clamped to its end), `offset` metres to its left."""
-        k = np.minimum(np.searchsorted(self.route.s, s), len(self.route.s) - 1)
+    def _route_index(self, s: np.ndarray) -> np.ndarray:
+        """Index of the route point at (or just past) arc lengths `s`, clamped to its end."""
+        return np.minimum(np.searchsorted(self.route.s, s), len(self.route.s) - 1)
+
+    def _route_pose(self, k: np.ndarray, offset: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x, y and heading of the route at path indices `k` (`_route_index`), `offset` metres to its left."""
         yaw = self.route.yaw[k]
         return self.route.xy[k, 0] - np.sin(yaw) * offset, self.route.xy[k, 1] + np.cos(yaw) * offset, yaw
 
-    def _first_meet(self, targets: np.ndarray, v: float, v_max: float, others: tuple[np.ndarray, ...]) -> np.ndarray:
+    def _first_meet(
+        self, targets: np.ndarray, v: float, v_max: float, others: tuple[np.ndarray, ...], check_ttc: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(K,) index of the first 0.2 s sample at which the ego, jerk-limited toward each target acceleration along
-        the route (speed within [0, v_max]), meets a `_forecast` box while moving; GUARD_STEPS // 2 for never."""
+        the route (speed within [0, v_max]), meets a `_forecast` box while moving; GUARD_STEPS // 2 for never. And
+        (K,) whether, with `check_ttc`, the metric's time-to-collision test fails at a sample within TTC_HORIZON."""
         steps = np.arange(1, GUARD_STEPS + 1)  # (S,)
         rate = np.where(targets < -4.5, 1.0, JERK * GUARD_DT)  # per step, as `act` limits it
         delta = targets - self.accel
@@ -321,11 +350,17 @@ class Expert:
         s = self.world.ego_s + np.cumsum(speed * GUARD_DT, axis=1)
         speed, s = speed[:, 1::2], s[:, 1::2]  # (K, T) every 0.2 s
         shift = self.world.ego_lateral * np.maximum(1 - GUARD_T_SAMPLES / 2.0, 0.0)  # what pure pursuit takes out
-        ex, ey, eyaw = self._route_pose(s, shift)
+        k = self._route_index(s)
+        ex, ey, eyaw = self._route_pose(k, shift)
         # Boxes meet: a cheap circle test first, then separating axes on the close pairs.
-        ax, ay, ayaw, ahl, ahw = others
+        ax, ay, ayaw, ahl, ahw, aspeed = others
         ehl, ehw = self.limits.length / 2 + GUARD_MARGIN[0], self.limits.width / 2 + GUARD_MARGIN[1]
         dx, dy = ax.T[None] - ex[..., None], ay.T[None] - ey[..., None]  # (K, T, A)
+        ttc = (
+            self._ttc_conflict(dx, dy, self.heading[k], speed, ayaw, ahl, ahw, aspeed)
+            if check_ttc
+            else np.zeros(len(s), bool)
+        )
         reach = np.hypot(ehl, ehw) + np.hypot(ahl, ahw)
         close = (dx * dx + dy * dy < reach * reach) & (speed[..., None] > 0.05)
         hit = np.zeros(close.shape, bool)
@@ -336,7 +371,53 @@ class Expert:
             half = np.stack([ahl[aa], ahw[aa]], -1)  # (P, 2)
             hit[kk, tt, aa] = boxes_overlap(rel, ayaw[aa, tt] - eyaw[kk, tt], np.array([ehl, ehw]), half)
         hit_t = hit.any(2)  # (K, T)
-        return np.where(hit_t.any(1), hit_t.argmax(1), GUARD_STEPS // 2)
+        return np.where(hit_t.any(1), hit_t.argmax(1), GUARD_STEPS // 2), ttc
+
+    def _ttc_conflict(
+        self,
+        dx: np.ndarray,
+        dy: np.ndarray,
+        eyaw: np.ndarray,
+        speed: np.ndarray,
+        ayaw: np.ndarray,
+        ahl: np.ndarray,
+        ahw: np.ndarray,
+        aspeed: np.ndarray,
+    ) -> np.ndarray:
+        """(K,) the metric's TTC test (`geometry.ttc_conflict`) at the first TTC_SAMPLES roll-out samples: ego and
+        forecast boxes (`dx`, `dy` (K, T, A) offsets) carried on at constant velocity and heading for 0.9 s, agents
+        whose centre is ahead of the ego's and that do not touch it now, the ego moving above TTC_MOVING."""
+        h = TTC_SAMPLES
+        dx, dy, speed = dx[:, :h], dy[:, :h], speed[:, :h, None]
+        # Only pairs that can come within reach in 0.9 s: first a bound without trigonometry (the relative speed is
+        # at most the sum of both speeds), then, for the agents that pass it, the relative velocity.
+        reach = np.hypot(self.limits.length / 2, self.limits.width / 2) + 2 * TTC_MARGIN + np.hypot(ahl, ahw)  # (A,)
+        bound = reach + TTC_TAU[-1] * (aspeed + speed)  # (K, h, A)
+        maybe = (dx * dx + dy * dy < bound * bound) & (speed > TTC_MOVING)
+        if not maybe.any():
+            return np.zeros(len(dx), bool)
+        cols = np.nonzero(maybe.any((0, 1)))[0]
+        dx, dy, speed_a, reach = dx[..., cols], dy[..., cols], aspeed[cols], reach[cols]
+        ayaw, ahl, ahw = ayaw[cols], ahl[cols], ahw[cols]
+        eyaw = eyaw[:, :h, None]
+        c, sn = np.cos(eyaw), np.sin(eyaw)
+        rx, ry = dx * c + dy * sn, dy * c - dx * sn  # (K, h, A') in each ego pose's frame
+        dyaw = ayaw.T[None, :h] - eyaw  # (K, h, A')
+        vx, vy = speed_a * np.cos(dyaw) - speed, speed_a * np.sin(dyaw)  # relative velocity
+        near = (rx > 0) & (speed > TTC_MOVING) & (np.hypot(rx, ry) < reach + TTC_TAU[-1] * np.hypot(vx, vy))
+        if not near.any():
+            return np.zeros(len(dx), bool)
+        kk, tt, aa = np.nonzero(near)
+        ego_half = np.array([self.limits.length / 2, self.limits.width / 2]) + TTC_MARGIN
+        half = np.stack([ahl[aa], ahw[aa]], -1)  # (P, 2)
+        rel = np.stack([rx[kk, tt, aa], ry[kk, tt, aa]], -1)  # (P, 2)
+        rv = np.stack([vx[kk, tt, aa], vy[kk, tt, aa]], -1)
+        d = dyaw[kk, tt, aa]
+        touching = boxes_overlap(rel, d, ego_half, half)  # (P,)
+        later = boxes_overlap(rel + TTC_TAU[:, None, None] * rv, d, ego_half, half).any(0)  # (P,)
+        out = np.zeros(len(dx), bool)
+        out[kk[later & ~touching]] = True
+        return out
 
     def _rollout(self, state: WorldState, v: float, obstacles: list[Obstacle]) -> np.ndarray:
         """The plan: IDM forward 4 s along the route with obstacles moving at constant speed, in the ego frame."""

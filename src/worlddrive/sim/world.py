@@ -36,6 +36,10 @@ from worlddrive.sim.vehicle import DT, BicycleLimits, KinematicBicycle
 
 VEHICLE_VARS = (tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED, tc.VAR_LENGTH, tc.VAR_WIDTH, tc.VAR_TYPE)
 INSERT_CLEARANCE = 10.0  # m from the ego centre to the front bumper of a car SUMO inserts; closer ones are removed
+# s a lane change takes. SUMO's default (0) moves a car a whole lane sideways within one 0.1 s step, which no driver
+# can react to (a standing car can land right in front of the ego); with a duration, SUMO's simple continuous
+# lane-change model slides it across over that time, its angle tilted accordingly.
+LANE_CHANGE_S = 2.0
 PERSON_VARS = (tc.VAR_POSITION, tc.VAR_ANGLE, tc.VAR_SPEED, tc.VAR_ROAD_ID, tc.VAR_NEXT_EDGE)
 
 
@@ -228,6 +232,8 @@ class World:
             "false",
             "--pedestrian.model",
             "nonInteracting",
+            "--lanechange.duration",
+            str(LANE_CHANGE_S),
         ]
         if _active is not None:
             libsumo.load(args)  # replaces whichever simulation ran before; that World can no longer step
