@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.path import Path as MplPath
 from numpy.lib.stride_tricks import sliding_window_view
 
-from worlddrive.sim.geometry import boxes_overlap
+from worlddrive.sim.geometry import TTC_TIMES, boxes_overlap
 from worlddrive.sim.route import RoutePath
 from worlddrive.sim.state import (
     CROSS,
@@ -61,7 +61,7 @@ BESIDE = 0.5  # m: an obstacle whose line is this far behind the ego's front bum
 # The metric's time-to-collision test (constant velocity and heading for 0.9 s, agents ahead, ego above 0.5 m/s),
 # checked at the guard's samples of the next TTC_HORIZON s: among collision-free choices no harder than
 # TTC_MIN_ACCEL, the guard prefers the first that passes it (PDM-Closed scores its proposals with TTC too).
-TTC_HORIZON, TTC_TAU, TTC_MOVING = 2.0, np.arange(1, 10) * 0.1, 0.5  # s, (U,) s, m/s
+TTC_HORIZON, TTC_TAU, TTC_MOVING = 2.0, TTC_TIMES[1:], 0.5  # s, (U,) the metric's look-ahead times, m/s
 TTC_SAMPLES = round(TTC_HORIZON / (2 * GUARD_DT))  # guard samples (0.2 s apart) checked
 TTC_MIN_ACCEL = -3.0  # m/s^2: no harder braking than this for a TTC conflict alone (comfort bound: 4.05)
 TTC_MARGIN = 0.2  # m added to the ego's half length and half width in that test
