@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from worlddrive.eval.drivers import REPLAN_EVERY
+from worlddrive.eval.drivers import REPLAN_EVERY, check_replan_every
 from worlddrive.eval.evaluate import EvalConfig, evaluate
 from worlddrive.eval.report import write_report
 from worlddrive.fileio import write_json_atomic, write_text_atomic
@@ -43,8 +43,7 @@ class AblationConfig:
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise KeyError(f"unknown ablation variant {unknown}; known: {', '.join(VARIANTS)}")
-        if self.replan_every < 1:
-            raise ValueError(f"replan_every must be >= 1, got {self.replan_every}")
+        check_replan_every(self.replan_every)
         bad = [f for f in self.fractions if not 0 < f <= 1]
         if bad:
             raise ValueError(f"data fractions must lie in (0, 1], got {bad}")

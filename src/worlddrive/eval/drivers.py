@@ -25,6 +25,15 @@ BASELINES = ("expert", "constant-velocity", "idm")
 # is driven in between. On training seeds 200-205 the builtin scored DS 0.32 replanning every step, 0.39 every 3,
 # 0.47 every 5, 0.38 every 10 (results/README.md), and the closed loop runs ~3x faster.
 REPLAN_EVERY = 5
+
+
+def check_replan_every(n: int) -> int:
+    """`n`, or a ValueError naming it: checked where a setting enters, before any training or driving."""
+    if n < 1:
+        raise ValueError(f"replan_every must be >= 1, got {n}")
+    return n
+
+
 BUILTIN = Path(__file__).resolve().parents[1] / "builtin" / "small"  # the shipped checkpoint, see its COMMAND.md
 
 
@@ -93,10 +102,8 @@ class PolicyDriver:
     """
 
     def __init__(self, policy, name: str = "policy", reason_every: int = 0, replan_every: int = REPLAN_EVERY):
-        if replan_every < 1:
-            raise ValueError(f"replan_every must be >= 1, got {replan_every}")
         self.policy, self.name = policy, name
-        self.reason_every, self.replan_every = reason_every, replan_every
+        self.reason_every, self.replan_every = reason_every, check_replan_every(replan_every)
         self.camera = FrontCamera()
         self.reasoning: str | None = None
 

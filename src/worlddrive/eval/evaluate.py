@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from worlddrive.eval.closed_loop import EpisodeJob, EpisodeResult, family_table, run_episodes
-from worlddrive.eval.drivers import BASELINES, REPLAN_EVERY, policy_dir
+from worlddrive.eval.drivers import BASELINES, REPLAN_EVERY, check_replan_every, policy_dir
 from worlddrive.eval.rollout import RolloutJob, render_rollout
 from worlddrive.fileio import write_json_atomic
 from worlddrive.parallel import run_jobs
@@ -38,8 +38,7 @@ class EvalConfig:
     replan_every: int = REPLAN_EVERY  # a learned policy's network runs every this many 10 Hz steps (see PolicyDriver)
 
     def __post_init__(self) -> None:
-        if self.replan_every < 1:
-            raise ValueError(f"replan_every must be >= 1, got {self.replan_every}")
+        check_replan_every(self.replan_every)
 
 
 def driver_name(spec: str) -> str:
@@ -81,7 +80,7 @@ def evaluate(
             def finished(r: EpisodeResult, spec: str = spec, fresh: list = fresh, tick=tick) -> None:
                 r.driver = names[spec]
                 fresh.append(r)
-                fh.write(json.dumps({"spec": spec, "replan_every": cfg.replan_every, **r.as_dict()}) + "\n")
+                fh.write(_record_line(spec, cfg.replan_every, r))
                 fh.flush()
                 if tick:
                     tick()
@@ -140,17 +139,21 @@ def _load_records(path: Path, replan_every: int) -> dict[tuple[str, str, int], E
             d = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if d.get("replan_every", 1) != replan_every:
+        theirs = d.get("replan_every", 1)  # records from before the setting existed replanned every step
+        if theirs != replan_every:
             raise ValueError(
-                f"{path} holds episodes driven with --replan-every {d.get('replan_every', 1)}, not {replan_every}: "
+                f"{path} holds episodes driven with --replan-every {theirs}, not {replan_every}: "
                 "evaluate into another --out folder"
             )
         r = EpisodeResult.from_dict(d)
         done[(d["spec"], r.family, r.seed)] = r
-    path.write_text(
-        "".join(json.dumps({"spec": k[0], "replan_every": replan_every, **r.as_dict()}) + "\n" for k, r in done.items())
-    )
+    path.write_text("".join(_record_line(k[0], replan_every, r) for k, r in done.items()))
     return done
+
+
+def _record_line(spec: str, replan_every: int, r: EpisodeResult) -> str:
+    """One line of episodes.jsonl: the driver spec and replanning interval, then the episode's result."""
+    return json.dumps({"spec": spec, "replan_every": replan_every, **r.as_dict()}) + "\n"
 
 
 def _open_loop(cfg: EvalConfig, specs: list[str], names: dict[str, str], summary: dict) -> None:
