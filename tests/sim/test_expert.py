@@ -169,3 +169,34 @@ def test_a_crosser_walking_to_the_crosswalk_ahead_is_waited_for():
     obstacles = expert._pedestrian_obstacles(state, front, 0.0, {"right_of_way": "ego"}, expert._project(ped[:, :2]))
     assert [o.kind for o in obstacles] == ["pedestrian"]
     w.close()
+
+
+def test_the_guards_ttc_test_is_the_metrics_without_its_margin(monkeypatch):
+    """Expert._ttc_conflict re-states the metric's TTC rule in batched form (ahead, not touching, ego moving, boxes
+    meeting at geometry.TTC_TIMES); with its safety margin removed it must agree with the metric on every sample."""
+    from types import SimpleNamespace
+
+    from worlddrive.eval.metrics import STOPPED_SPEED
+    from worlddrive.sim import expert as expert_mod
+    from worlddrive.sim.geometry import projected_overlap, ttc_conflict
+
+    monkeypatch.setattr(expert_mod, "TTC_MARGIN", 0.0)
+    monkeypatch.setattr(expert_mod, "TTC_MOVING", STOPPED_SPEED)
+    rng = np.random.default_rng(0)
+    k, a = 4000, 3  # ego poses (one sample each), agents per pose
+    limits = SimpleNamespace(length=4.6, width=1.9)
+    dx, dy = rng.uniform(-14, 14, (2, k, 1, a))  # agent centre minus ego centre, world frame
+    eyaw = rng.uniform(-np.pi, np.pi, (k, 1))
+    speed = rng.choice([0.0, 0.3, 3.0, 8.0, 14.0], (k, 1))
+    ayaw = rng.uniform(-np.pi, np.pi, (a, 1))
+    ahl, ahw = np.array([2.3, 0.3, 2.5]), np.array([0.95, 0.3, 1.0])  # car, pedestrian, van half sizes
+    aspeed = np.array([9.0, 1.4, 0.0])
+    got = expert_mod.Expert._ttc_conflict(SimpleNamespace(limits=limits), dx, dy, eyaw, speed, ayaw, ahl, ahw, aspeed)
+    want = np.zeros(k, bool)
+    for i in range(k):
+        ego = np.array([0.0, 0.0, eyaw[i, 0], speed[i, 0], 0.0, 0.0, 0.0])
+        agents = np.stack([dx[i, 0], dy[i, 0], ayaw[:, 0], aspeed, 2 * ahl, 2 * ahw], -1)  # (A, 6)
+        overlap, ahead = projected_overlap(ego, (limits.length, limits.width), agents)
+        want[i] = speed[i, 0] > STOPPED_SPEED and ttc_conflict(overlap, ahead)
+    assert 50 < want.sum() < k - 50  # both outcomes occur often enough to be compared
+    np.testing.assert_array_equal(got, want)
