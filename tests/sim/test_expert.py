@@ -179,6 +179,7 @@ def test_the_guards_ttc_test_is_the_metrics_without_its_margin(monkeypatch):
     from worlddrive.eval.metrics import STOPPED_SPEED
     from worlddrive.sim import expert as expert_mod
     from worlddrive.sim.geometry import projected_overlap, ttc_conflict
+    from worlddrive.sim.state import EGO_SPEED, EGO_YAW, EGO_YAW_RATE
 
     monkeypatch.setattr(expert_mod, "TTC_MARGIN", 0.0)
     monkeypatch.setattr(expert_mod, "TTC_MOVING", STOPPED_SPEED)
@@ -194,7 +195,8 @@ def test_the_guards_ttc_test_is_the_metrics_without_its_margin(monkeypatch):
     got = expert_mod.Expert._ttc_conflict(SimpleNamespace(limits=limits), dx, dy, eyaw, speed, ayaw, ahl, ahw, aspeed)
     want = np.zeros(k, bool)
     for i in range(k):
-        ego = np.array([0.0, 0.0, eyaw[i, 0], speed[i, 0], 0.0, 0.0, 0.0])
+        ego = np.zeros(EGO_YAW_RATE + 1)  # at the origin
+        ego[EGO_YAW], ego[EGO_SPEED] = eyaw[i, 0], speed[i, 0]
         agents = np.stack([dx[i, 0], dy[i, 0], ayaw[:, 0], aspeed, 2 * ahl, 2 * ahw], -1)  # (A, 6)
         overlap, ahead = projected_overlap(ego, (limits.length, limits.width), agents)
         want[i] = speed[i, 0] > STOPPED_SPEED and ttc_conflict(overlap, ahead)
