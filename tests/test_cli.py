@@ -107,7 +107,12 @@ def test_train_writes_a_loadable_policy_and_resumes(split_data_dir, tmp_path, ca
     assert main([*argv, "--max-steps", "4"]) == 0
     assert result_line(capsys.readouterr().out)["steps"] == "4"
     assert main([*argv, "--max-steps", "6"]) == 0  # continues from step 4 with the saved tokenizer and weights
-    assert result_line(capsys.readouterr().out)["steps"] == "6"
+    first = capsys.readouterr().out
+    assert result_line(first)["steps"] == "6" and "open loop on the val split" in first
+    assert main([*argv, "--max-steps", "6"]) == 0  # finished: its recorded result, no data, training or open loop
+    again = capsys.readouterr().out
+    assert "already trained (6 steps)" in again and "open loop" not in again
+    assert result_line(again) == result_line(first)
     policy = WorldDrivePolicy.from_pretrained(run / "policy")
     assert policy.config.d_model == 64
     with pytest.raises(SystemExit, match="data-fraction"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import time
@@ -22,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # open-loop metrics printed on RESULT lines (all of them go to summary.json and the training log)
 OPEN_LOOP_RESULT = ("ade", "fde", "plan_collision_rate", "frame_psnr", "frame_ssim", "vq_psnr", "bev_iou_true_plan")
 OPEN_LOOP_RESULT += ("light_acc_1s", "light_acc_2s", "fact_light_acc", "fact_ped_acc", "fact_meta_acc", "fact_acc")
+TRAIN_RESULT = "result.json"  # a finished `worlddrive train` run's RESULT line, in its --out folder
 DEMO_FAMILIES = (
     "straight,intersection_signal,intersection_stop,crosswalk,urban_mixed,occluded_pedestrian,yellow_light,cut_in"
 )
@@ -240,11 +242,13 @@ def _print_table(console, rows: list[dict], title: str) -> None:
 
 
 def cmd_train(a: argparse.Namespace) -> int:
-    """Train a policy on a dataset; resumable: the same command after a kill continues from the last save."""
+    """Train a policy on a dataset; resumable: the same command after a kill continues from the last save, and on a
+    finished run (its result.json reaches --max-steps) prints the recorded result without loading data or model."""
     import torch
 
     from worlddrive.data.dataset import WorldDriveDataset
     from worlddrive.data.format import load_stats
+    from worlddrive.fileio import write_json_atomic
     from worlddrive.models import PolicyConfig, WorldDrivePolicy
     from worlddrive.models.text import corpus, train_tokenizer
     from worlddrive.train import TrainConfig, train
@@ -252,6 +256,12 @@ def cmd_train(a: argparse.Namespace) -> int:
     if not 0 < a.data_fraction <= 1:
         raise SystemExit(f"error: --data-fraction must be in (0, 1], got {a.data_fraction}")
     out = _writable_dir(Path(a.out))
+    if (out / TRAIN_RESULT).exists():
+        recorded = json.loads((out / TRAIN_RESULT).read_text())
+        if recorded["steps"] >= a.max_steps:
+            print(f"{out} is already trained ({recorded['steps']} steps); its recorded result:")
+            _result(**recorded)
+            return 0
     fields = WorldDriveDataset.fields_for(a.wm.split(","))  # action-only skips future frames and BEV rasters
     roots = [d for d in a.data.split(",") if d]
     train_ds, val_ds = (_union(roots, split, fields, a.data_fraction, a.seed) for split in ("train", "val"))
@@ -311,13 +321,15 @@ def cmd_train(a: argparse.Namespace) -> int:
 
         metrics = open_loop_metrics(policy, val_ds, a.open_loop_samples, reason_samples=min(64, a.open_loop_samples))
         print("open loop on the val split: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-    _result(
+    result = {
         **{k: float(v) for k, v in keys.items()},
-        steps=int(res["step"]),
-        skipped=int(res["skipped"]),
-        samples_per_s=float(res["samples_per_s"]),
-        **{k: metrics[k] for k in OPEN_LOOP_RESULT if k in metrics},
-    )
+        "steps": int(res["step"]),
+        "skipped": int(res["skipped"]),
+        "samples_per_s": float(res["samples_per_s"]),
+        **{k: float(metrics[k]) for k in OPEN_LOOP_RESULT if k in metrics},
+    }
+    write_json_atomic(out / TRAIN_RESULT, result)  # written last: its presence means the run is finished
+    _result(**result)
     return 0
 
 
