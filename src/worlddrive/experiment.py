@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from worlddrive.eval.drivers import REPLAN_EVERY, check_replan_every
-from worlddrive.eval.evaluate import EvalConfig, evaluate
+from worlddrive.eval.evaluate import EvalConfig, episode_ds, evaluate
 from worlddrive.eval.report import write_report
 from worlddrive.fileio import write_json_atomic, write_text_atomic
+from worlddrive.sim.scenarios import HELDOUT_FAMILIES
 
 VARIANTS: dict[str, str] = {"action_only": "", "vq": "vq", "frame": "frame", "bev": "bev", "all": "vq,frame,bev"}
 
@@ -49,10 +50,22 @@ class AblationConfig:
             raise ValueError(f"data fractions must lie in (0, 1], got {bad}")
         if not (self.variants and self.fractions and self.seeds and self.families and self.eval_seeds):
             raise ValueError("an ablation needs at least one variant, fraction, seed, family and evaluation seed")
+        if self.eval_seeds != list(range(self.eval_seeds[0], self.eval_seeds[-1] + 1)):
+            raise ValueError(f"evaluation seeds must be a contiguous range A-B, got {self.eval_seeds}")
 
 
 def run_name(variant: str, fraction: float, seed: int) -> str:
     return f"{variant}_f{fraction:g}_s{seed}"
+
+
+def command(cfg: AblationConfig, out: Path) -> str:
+    """The command line that reruns (or resumes) this experiment, every setting spelled out."""
+    argv = ["experiment", "ablation", "--data", cfg.data, "--out", str(out), "--config", cfg.config]
+    argv += ["--variants", ",".join(cfg.variants), "--fractions", ",".join(f"{f:g}" for f in cfg.fractions)]
+    argv += ["--seeds", ",".join(map(str, cfg.seeds)), "--max-steps", str(cfg.max_steps)]
+    argv += ["--batch-size", str(cfg.batch_size), "--vq-steps", str(cfg.vq_steps), "--families", ",".join(cfg.families)]
+    argv += ["--eval-seeds", f"{cfg.eval_seeds[0]}-{cfg.eval_seeds[-1]}", "--workers", str(cfg.workers)]
+    return "worlddrive " + shlex.join([*argv, "--replan-every", str(cfg.replan_every)])
 
 
 def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], progress=None) -> dict[str, Any]:
@@ -106,7 +119,11 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
                 "collisions": pol["collisions"],
             }
         )
-    result = {"config": asdict(cfg), "expert_ds": summary["policies"]["expert"]["ds"], "rows": rows}
+    scores = episode_ds(out / "eval", cfg.replan_every)
+    seen = {n: {k: v for k, v in scores[n].items() if k[0] not in HELDOUT_FAMILIES} for n in specs}  # as `ds`
+    result = {"command": command(cfg, out), "config": asdict(cfg), "expert_ds": summary["policies"]["expert"]["ds"]}
+    result["rows"] = rows
+    result["gains"] = paired_gains(rows, seen)
     write_json_atomic(out / "ablation.json", result)
     write_text_atomic(out / "ablation.md", table_markdown(result))
     plot_scaling(result, out / "ablation.png")
@@ -134,6 +151,43 @@ def aggregate(rows: list[dict]) -> list[dict]:
     return out
 
 
+def paired_gains(rows: list[dict], episodes: dict[str, dict[tuple[str, int], float]], boot: int = 2000) -> list[dict]:
+    """What each world-model variant adds to action-only on the very same episodes: its DS minus action-only's at the
+    same data fraction, and at 100 % (does less data with a world model match all of it without?), per episode and
+    training seed, averaged over both. `episodes[run name]` maps (family, seed) to DS.
+
+    The 95 % interval is a seeded bootstrap over episodes: it shows how much the luck of the draw of episodes could move
+    the gain, not how much another training seed would (two seeds cannot measure that; `per_seed` shows them)."""
+    runs = {(r["variant"], r["fraction"], r["seed"]): run_name(r["variant"], r["fraction"], r["seed"]) for r in rows}
+    gains = []
+    for variant, fraction in dict.fromkeys((v, f) for v, f, _ in runs if v != "action_only"):
+        for against in dict.fromkeys((fraction, 1.0)):
+            seeds = [s for v, f, s in runs if (v, f) == (variant, fraction) and ("action_only", against, s) in runs]
+            if not seeds:
+                continue
+            pairs = [(episodes[runs[variant, fraction, s]], episodes[runs["action_only", against, s]]) for s in seeds]
+            keys = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs)))
+            if not keys:
+                continue
+            diff = np.array([[a[k] - b[k] for k in keys] for a, b in pairs])  # (seeds, episodes)
+            mean = diff.mean(0)  # (episodes,) averaged over training seeds
+            picks = np.random.default_rng(0).integers(0, len(keys), (boot, len(keys)))
+            lo, hi = np.percentile(mean[picks].mean(1), [2.5, 97.5])
+            gains.append(
+                {
+                    "variant": variant,
+                    "fraction": fraction,
+                    "against": against,
+                    "gain": float(mean.mean()),
+                    "low": float(lo),
+                    "high": float(hi),
+                    "per_seed": [float(d.mean()) for d in diff],
+                    "episodes": len(keys),
+                }
+            )
+    return gains
+
+
 def table_markdown(result: dict) -> str:
     """The ablation table: mean ± half the min-max spread over training seeds."""
 
@@ -142,7 +196,8 @@ def table_markdown(result: dict) -> str:
             return "–"
         return f"{a[metric]:.{digits}f} ± {a[metric + '_spread']:.{digits}f}"
 
-    lines = [
+    lines = [f"Made by `{result['command']}`", ""] if result.get("command") else []
+    lines += [
         f"Expert Drive Score on the same episodes: {result['expert_ds']:.3f}",
         "",
         "| variant | data | seeds | DS (held-out seeds) | DS (held-out layout) | ADE (m) | collisions / 100 eps |",
@@ -153,6 +208,21 @@ def table_markdown(result: dict) -> str:
             f"| {a['variant']} | {a['fraction']:.0%} | {a['seeds']} | {cell(a, 'ds', 3)} | "
             f"{cell(a, 'heldout_ds', 3)} | {cell(a, 'ade', 2)} | {cell(a, 'collisions', 1)} |"
         )
+    if result.get("gains"):
+        lines += [
+            "",
+            "DS gain over action-only, paired on the same held-out episodes (training-layout families) and training",
+            "seeds; interval: 95 % bootstrap over episodes (not over training seeds).",
+            "",
+            "| variant | data | vs action-only at | DS gain | 95 % interval | per training seed | episodes |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for g in result["gains"]:
+            seeds = ", ".join(f"{d:+.3f}" for d in g["per_seed"])
+            lines.append(
+                f"| {g['variant']} | {g['fraction']:.0%} | {g['against']:.0%} | {g['gain']:+.3f} | "
+                f"[{g['low']:+.3f}, {g['high']:+.3f}] | {seeds} | {g['episodes']} |"
+            )
     return "\n".join(lines) + "\n"
 
 

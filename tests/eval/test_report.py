@@ -127,7 +127,13 @@ def fake_ablation(path: Path) -> Path:
          "heldout_ds": b - 0.08 - 0.1 * (1 - f) + rng.normal(0, 0.03), "ade": 1.2 - 0.4 * f, "collisions": 8 - 4 * f}
         for v, b in base.items() for f in (0.25, 0.5, 1.0) for s in range(3)
     ]  # fmt: skip
-    path.write_text(json.dumps({"command": "worlddrive experiment ablation --seeds 3 && echo '<ok>'", "rows": rows}))
+    gains = [
+        {"variant": "bev", "fraction": f, "against": a, "gain": g, "low": g - 0.05, "high": g + 0.04,
+         "per_seed": [g - 0.01, g, g + 0.01], "episodes": 80}
+        for f, a, g in ((0.25, 0.25, 0.1), (0.25, 1.0, -0.0321), (1.0, 1.0, 0.1))
+    ]  # fmt: skip
+    cmd = "worlddrive experiment ablation --seeds 3 && echo '<ok>'"
+    path.write_text(json.dumps({"command": cmd, "rows": rows, "gains": gains}))
     return path
 
 
@@ -175,7 +181,8 @@ def test_report_content(tmp_path):
     text = out.read_text()
     page = _Page(text)
 
-    assert page.rows == {"summary": len(POLICIES), "families": len(POLICIES) * 8, "ablation": 5 * 3}
+    assert page.rows == {"summary": len(POLICIES), "families": len(POLICIES) * 8, "ablation": 5 * 3, "gains": 3}
+    assert "<td>-0.032</td><td>[-0.082, +0.008]</td><td>-0.042, -0.032, -0.022</td><td>80</td>" in text
     summary = json.loads((eval_dir / "summary.json").read_text())
     for name, p in summary["policies"].items():
         row = re.search(rf"</span>{re.escape(name)}</td>(.*?)</tr>", text, re.S).group(1)
@@ -334,7 +341,7 @@ def test_report_renders_in_chromium(tmp_path):
         seen = browser.open(report.as_uri())
         assert len(seen["images"]) == sum(t == "img" for t, _ in page.tags) == 7
         assert not _broken_images(seen), seen["images"]
-        assert [t["cls"] for t in seen["tables"]] == ["summary", "families", "ablation"]
+        assert [t["cls"] for t in seen["tables"]] == ["summary", "families", "ablation", "gains"]
         assert all(t["rows"] == page.rows[t["cls"]] and t["height"] > 20 * t["rows"] for t in seen["tables"])
         assert not seen["errors"], seen["errors"]
 

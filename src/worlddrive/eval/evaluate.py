@@ -128,6 +128,15 @@ def policy_summary(results: list[EpisodeResult], expert: list[EpisodeResult]) ->
     }
 
 
+def episode_ds(out: Path, replan_every: int) -> dict[str, dict[tuple[str, int], float]]:
+    """Each driver's Drive Score per (family, seed) from an evaluation folder's records (0 for a failed episode),
+    keyed by the tables' driver name: what paired comparisons between policies need."""
+    scores: dict[str, dict[tuple[str, int], float]] = {}
+    for (spec, family, seed), r in _load_records(out / RECORDS, replan_every).items():
+        scores.setdefault(driver_name(spec), {})[(family, seed)] = r.score.ds if r.score else 0.0
+    return scores
+
+
 def _load_records(path: Path, replan_every: int) -> dict[tuple[str, str, int], EpisodeResult]:
     """Episodes of an interrupted run; a torn last line (killed mid-write) is dropped and rerun. A folder
     evaluated with another replanning interval is refused: its episodes would be mixed into this one's means."""

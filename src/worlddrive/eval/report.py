@@ -344,7 +344,30 @@ def _scaling_section(ablation: dict, stats: dict, plot: str) -> str:
 <th>at-fault coll. /100 ep ↓</th></tr></thead>
 <tbody>{trs}</tbody>
 </table></div>
+{_gains_table(ablation.get("gains") or [])}
 {f'<p class="note">Reproduce with:</p><pre class="cmd">{_e(cmd)}</pre>' if cmd else ""}
+"""
+
+
+def _gains_table(gains: list[dict]) -> str:
+    """experiment.paired_gains: the world model's DS gain over action-only on the same episodes."""
+    if not gains:
+        return ""
+    trs = "".join(
+        f'<tr><td class="name">{_e(g["variant"])}</td><td>{g["fraction"]:.0%}</td><td>{g["against"]:.0%}</td>'
+        f"<td>{g['gain']:+.3f}</td><td>[{g['low']:+.3f}, {g['high']:+.3f}]</td>"
+        f"<td>{_e(', '.join(f'{d:+.3f}' for d in g['per_seed']))}</td><td>{g['episodes']}</td></tr>"
+        for g in gains
+    )
+    return f"""
+<h3>Does the world model pay? Paired on the same episodes</h3>
+<div class="wide"><table class="gains">
+<thead><tr><th class="name">variant</th><th>data</th><th>vs action-only at</th><th>DS gain</th>
+<th>95 % interval</th><th>per training seed</th><th>episodes</th></tr></thead>
+<tbody>{trs}</tbody>
+</table></div>
+<p class="note">Gain: the variant's DS minus action-only's on the same held-out episodes (training-layout families) and
+training seeds. Interval: bootstrap over episodes; it does not cover the spread between training seeds.</p>
 """
 
 
