@@ -63,6 +63,8 @@ def evaluate(
     threads = 1 if cfg.workers > 1 or cfg.ray_address else 0  # one torch thread per worker process
     out.mkdir(parents=True, exist_ok=True)
     done = _load_records(out / RECORDS, cfg.replan_every)
+    # rewritten without a torn last line (killed mid-write), so that this run's records start on a line of their own
+    (out / RECORDS).write_text("".join(_record_line(k[0], cfg.replan_every, r) for k, r in done.items()))
     results: dict[str, list[EpisodeResult]] = {}
     with open(out / RECORDS, "a") as fh:
         for spec in specs:
@@ -156,7 +158,6 @@ def _load_records(path: Path, replan_every: int) -> dict[tuple[str, str, int], E
             )
         r = EpisodeResult.from_dict(d)
         done[(d["spec"], r.family, r.seed)] = r
-    path.write_text("".join(_record_line(k[0], replan_every, r) for k, r in done.items()))
     return done
 
 
