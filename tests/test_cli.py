@@ -145,6 +145,23 @@ def test_fine_tuning_from_a_checkpoint_on_a_union_of_datasets(split_data_dir, tm
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "base"), "--wm", "frame"])
 
 
+def test_fine_tuning_can_switch_on_the_lateral_head(split_data_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    data, base, grown = str(split_data_dir), tmp_path / "base", tmp_path / "grown"
+    argv = ["train", "--config", "tiny", "--batch-size", "4", "--max-steps", "2", "--open-loop-samples", "0"]
+    assert main([*argv, "--data", data, "--out", str(base)]) == 0
+    # lr 0: the checkpoint's tensors must come through unchanged, next to the new head's
+    assert main([*argv, "--data", data, "--out", str(grown), "--init", str(base), "--lateral-head", "--lr", "0"]) == 0
+    assert "['lateral_head'] switched on" in capsys.readouterr().out
+    start, after = (load_file(run / "policy" / "model.safetensors") for run in (base, grown))
+    assert start.keys() < after.keys() and all(k.startswith("lateral.") for k in after.keys() - start.keys())
+    assert all(torch.equal(after[k], start[k]) for k in start)
+    assert json.loads((grown / "policy" / "config.json").read_text())["lateral_head"] is True
+    with pytest.raises(SystemExit, match=r"not the model these flags describe .*'lateral_head': \(True, False\)"):
+        main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(grown)])
+
+
 def test_the_same_seed_trains_the_same_world_model(split_data_dir, tmp_path):
     # torch seeds itself randomly per process: the initial weights must come from --seed, not from that
     from safetensors.torch import load_file

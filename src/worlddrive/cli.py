@@ -279,12 +279,13 @@ def cmd_train(a: argparse.Namespace) -> int:
             "backbone": a.backbone,
             "instruction_encoder": a.instruction_encoder,
         }
-        for name in ("lambda_wm", "ego_history", "regression_loss", "history_dropout"):  # not given: the preset's
+        for name in ("lambda_wm", "ego_history", "regression_loss", "history_dropout", "lateral_head"):  # not given:
+            # the preset's
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)
         config = PolicyConfig.preset(a.config, **overrides)
         if a.init:
-            policy = _fine_tuned(a.init, config)
+            policy = _fine_tuned(a.init, config, a.seed)
         else:
             tokenizer = train_tokenizer(corpus(Path(roots[0])), config.vocab_size)
             torch.manual_seed(a.seed)  # the initial weights, the world model's included, come from the seed too
@@ -352,23 +353,38 @@ def _union(roots: list[str], split: str, fields, fraction: float, seed: int):
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
-def _fine_tuned(init: str, config):
+def _fine_tuned(init: str, config, seed: int):
     """The checkpoint `init` (builtin or a RUN folder) to train on: weights, tokenizer and normalisation stats. Its
-    architecture must be the one the flags describe, so that a run's flags always say what was trained."""
+    architecture must be the one the flags describe, so that a run's flags always say what was trained, except for
+    heads the flags switch on (`GROWN`): they start from weights drawn with `seed`, everything else is the checkpoint's.
+    """
+    import torch
+
     from worlddrive.eval.drivers import policy_dir
     from worlddrive.models import WorldDrivePolicy
-    from worlddrive.models.config import TRAINING_ONLY
+    from worlddrive.models.config import GROWN, TRAINING_ONLY
 
     policy = WorldDrivePolicy.from_pretrained(policy_dir(init))
     theirs, ours = policy.config.to_dict(), config.to_dict()
-    differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k] and k not in TRAINING_ONLY}
+    grown = {k for k in GROWN if ours[k] and not theirs[k]}
+    differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k] and k not in TRAINING_ONLY | grown}
     if differ:
         raise SystemExit(
             f"error: --init {init} is not the model these flags describe (checkpoint vs flags: {differ}); "
             "give the flags it was trained with (see its config.json)"
         )
-    policy.config = dataclasses.replace(policy.config, **{k: getattr(config, k) for k in TRAINING_ONLY})
-    return policy
+    new_config = dataclasses.replace(policy.config, **{k: getattr(config, k) for k in TRAINING_ONLY | grown})
+    if not grown:
+        policy.config = new_config
+        return policy
+    if new_config.hf_source is not None:
+        raise SystemExit(f"error: --init {init}: switching on {sorted(grown)} is not supported for hf backbones")
+    torch.manual_seed(seed)
+    bigger = WorldDrivePolicy(new_config, policy.tokenizer, policy.stats, policy.world_model)
+    missing, unexpected = bigger.load_state_dict(policy.state_dict(), strict=False)
+    assert not unexpected, unexpected  # the grown model holds every tensor of the smaller one
+    print(f"--init {init}: {sorted(grown)} switched on, {len(missing)} new tensors drawn with seed {seed}")
+    return bigger
 
 
 def _world_model(a: argparse.Namespace, config):
@@ -585,6 +601,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="share of samples trained with their ego history hidden, so steering must also come from the camera "
         "(ChauffeurNet); default: the preset's (0)",
+    )
+    t.add_argument(
+        "--lateral-head",
+        action=argparse.BooleanOptionalAction,
+        help="steer from a head that sees the camera, speed and command but never the ego history (its lateral "
+        "waypoints replace the action expert's); with --init, it is added to the checkpoint. Default: the preset's",
     )
     t.add_argument("--data-fraction", type=float, default=1.0)
     t.add_argument("--max-steps", type=int, default=500)

