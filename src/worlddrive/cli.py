@@ -279,8 +279,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             "backbone": a.backbone,
             "instruction_encoder": a.instruction_encoder,
         }
-        for name in ("lambda_wm", "ego_history", "regression_loss", "history_dropout", "lateral_head"):  # not given:
-            # the preset's
+        optional = ("lambda_wm", "ego_history", "regression_loss", "history_dropout", "lateral_head")
+        for name in optional:  # not given: the preset's
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)
         config = PolicyConfig.preset(a.config, **overrides)
