@@ -36,6 +36,8 @@ def test_validation_loss_falls_and_state_is_written(tmp_path):
     before = evaluate(Toy(), toy_data(64, seed=1), collate, cfg, torch.device("cpu"))["loss"]
     res = train(Toy(), toy_data(), toy_data(64, seed=1), collate, tmp_path, cfg, progress=False)
     assert res["val_loss"] < 0.5 * before
+    again = train(Toy(), toy_data(), toy_data(64, seed=1), collate, tmp_path, cfg, progress=False)  # finished: no work
+    assert again["step"] == res["step"] and again["samples_per_s"] == pytest.approx(res["samples_per_s"], rel=0.5)
     assert (tmp_path / STATE_DIR / "model.safetensors").exists() and (tmp_path / "tensorboard").exists()
     assert not list(tmp_path.glob("*.partial"))
 

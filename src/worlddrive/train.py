@@ -282,7 +282,8 @@ def train(
                         writer.add_scalar(f"val/{k}", v, step)
                 done = step >= cfg.max_steps
                 if rank == 0 and (step % cfg.save_every == 0 or done):
-                    meta.update(step=step, epoch=epoch, batch=b + 1, logs=logs)
+                    rate = seen / max(time.time() - t0, 1e-9)  # this process's: a run started again reports it
+                    meta.update(step=step, epoch=epoch, batch=b + 1, logs=logs, samples_per_s=rate)
                     save_state(out, model, opt, meta)
                     if on_save is not None:
                         on_save(model, out)
@@ -294,4 +295,5 @@ def train(
             break
     if writer is not None:
         writer.close()
-    return {**logs, "step": step, "skipped": meta["skipped"], "samples_per_s": seen / max(time.time() - t0, 1e-9)}
+    rate = seen / max(time.time() - t0, 1e-9) if seen else meta.get("samples_per_s", 0.0)
+    return {**logs, "step": step, "skipped": meta["skipped"], "samples_per_s": rate}
