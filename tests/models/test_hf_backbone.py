@@ -41,7 +41,7 @@ def hf_spec(tmp_path: Path) -> str:
 def test_forward_shapes_and_every_trainable_weight_gets_a_gradient(make_policy, items: list, hf_spec: str) -> None:
     policy = make_policy(backbone=hf_spec)
     batch = policy.collate(items[:2])
-    hidden, layout, _ = policy.encode(batch, reasoning=True)
+    hidden, layout = policy.encode(batch, reasoning=True)
     assert hidden.shape == (2, len(layout), policy.config.d_model)
     assert policy.predict_trajectory(batch, num_samples=2).shape == (2, 2, 8, 3)
     loss, logs = policy(batch)

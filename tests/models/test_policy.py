@@ -30,7 +30,7 @@ def test_forward_logs_every_term(make_policy, items: list) -> None:
 def test_shapes(make_policy, items: list) -> None:
     policy = make_policy()
     batch = policy.collate(items[:2])
-    hidden, layout, _ = policy.encode(batch, reasoning=True)
+    hidden, layout = policy.encode(batch, reasoning=True)
     assert hidden.shape == (2, len(layout), policy.config.d_model)
     h, w = policy.config.grid
     assert policy.visual_grid(hidden).shape == (2, h, w, policy.config.d_model)

@@ -48,7 +48,7 @@ def test_policy_reads_the_instruction_through_minilm(make_policy, items: list) -
     assert "instruction_proj.weight" in names and "instruction_pos" not in names
     assert not any("sentence" in n or "bert" in n for n in names)  # frozen weights stay in the package
     batch = policy.collate(items[:2])
-    _, layout, _ = policy.encode(batch, reasoning=True)
+    _, layout = policy.encode(batch, reasoning=True)
     start = policy.config.visual_tokens + 1
     n = minilm()(batch["instruction"])[0].shape[1]  # its wordpieces, not our BPE tokens
     assert layout["instruction"] == slice(start, start + n)

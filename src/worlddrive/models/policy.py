@@ -140,9 +140,8 @@ class WorldDrivePolicy(nn.Module):
 
     # ---------------------------------------------------------------- the network
 
-    def encode(self, batch: dict[str, Any], reasoning: bool) -> tuple[torch.Tensor, Layout, torch.Tensor]:
-        """Run the backbone over [visual | state | instruction | (reasoning) | action]: hidden (B, L, D), layout,
-        and the vision encoder's tokens (B, Nv, D), which have not yet seen the ego state (the lateral head's input).
+    def encode(self, batch: dict[str, Any], reasoning: bool) -> tuple[torch.Tensor, Layout]:
+        """Run the backbone over [visual | state | instruction | (reasoning) | action]: hidden (B, L, D), layout.
 
         Without the reasoning slot the action queries get exactly the same hidden states (see backbone.py).
         """
@@ -155,7 +154,7 @@ class WorldDrivePolicy(nn.Module):
         # future path depends most on speed and command, and on real data this cut the ADE after 80 steps of `small`
         # from 6.5 m to 2.2 m (150 steps of `tiny`: 2.1 -> 1.0 m, two seeds).
         segments["action"] = self.action_queries + segments["state"]  # (B, W, D)
-        return *self.backbone(segments, valid), segments["visual"]
+        return self.backbone(segments, valid)
 
     def forward(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
         """Training loss on a collated batch; logs hold every term as a float.
@@ -164,13 +163,13 @@ class WorldDrivePolicy(nn.Module):
         """
         batch = self._to_device(batch)
         cfg = self.config
-        hidden, layout, visual = self.encode(batch, reasoning=cfg.lambda_lang > 0)  # (B, L, D), _, (B, Nv, D)
+        hidden, layout = self.encode(batch, reasoning=cfg.lambda_lang > 0)  # (B, L, D)
         zero = hidden.new_zeros(())
         target = self.normalise(batch["trajectory"])  # (B, W, 3)
         action_loss = self.action_expert.loss(hidden[:, layout["action"]], target)
         lateral = {}
         if self.lateral is not None:
-            lateral["lateral_loss"] = self.lateral.loss(self._lateral(visual, batch), target)
+            lateral["lateral_loss"] = self.lateral.loss(self._lateral(batch), target)
         lang_loss = self._language_loss(hidden[:, layout["reasoning"]], batch) if cfg.lambda_lang > 0 else zero
         wm_loss, wm_logs = zero, {}
         if self.world_model is not None:
@@ -200,9 +199,9 @@ class WorldDrivePolicy(nn.Module):
         speed = (ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std
         return torch.cat([speed, ego[:, EGO_ACCEL : EGO_ACCEL + 1]], dim=1)
 
-    def _lateral(self, visual: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
-        """The lateral head's normalised (y, yaw) per waypoint (B, W, 2)."""
-        return self.lateral(visual, self._motion(batch["ego"]), batch["command"])
+    def _lateral(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The lateral head's normalised (y, yaw) per waypoint (B, W, 2), from the current frame."""
+        return self.lateral(batch["camera"][:, -1], self._motion(batch["ego"]), batch["command"])
 
     def _prefix(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Embedded visual, state and instruction segments, and the instruction's padding mask."""
@@ -252,10 +251,10 @@ class WorldDrivePolicy(nn.Module):
         """K trajectories per sample (B, K, W, 3) in metres / radians, ego frame. Runs no reasoning. With the
         lateral head, its (y, yaw) replace the action expert's in every sample."""
         batch = self._to_device(batch)
-        hidden, layout, visual = self.encode(batch, reasoning=False)
+        hidden, layout = self.encode(batch, reasoning=False)
         plan = self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator)  # (B, K, W, 3)
         if self.lateral is not None:
-            lateral = self._lateral(visual, batch)[:, None].expand(-1, plan.shape[1], -1, -1)  # (B, K, W, 2)
+            lateral = self._lateral(batch)[:, None].expand(-1, plan.shape[1], -1, -1)  # (B, K, W, 2)
             plan = torch.cat([plan[..., :1], lateral], dim=-1)
         return self.denormalise(plan)
 
