@@ -363,6 +363,7 @@ def _fine_tuned(init: str, config, seed: int):
     from worlddrive.eval.drivers import policy_dir
     from worlddrive.models import WorldDrivePolicy
     from worlddrive.models.config import GROWN, TRAINING_ONLY
+    from worlddrive.models.policy import BACKBONE_FILE
 
     policy = WorldDrivePolicy.from_pretrained(policy_dir(init))
     theirs, ours = policy.config.to_dict(), config.to_dict()
@@ -377,10 +378,9 @@ def _fine_tuned(init: str, config, seed: int):
     if not grown:
         policy.config = new_config
         return policy
-    if new_config.hf_source is not None:
-        raise SystemExit(f"error: --init {init}: switching on {sorted(grown)} is not supported for hf backbones")
+    backbone_config = policy_dir(init) / BACKBONE_FILE if new_config.hf_source is not None else None
     torch.manual_seed(seed)
-    bigger = WorldDrivePolicy(new_config, policy.tokenizer, policy.stats, policy.world_model)
+    bigger = WorldDrivePolicy(new_config, policy.tokenizer, policy.stats, policy.world_model, backbone_config)
     missing, unexpected = bigger.load_state_dict(policy.state_dict(), strict=False)
     assert not unexpected, unexpected  # the grown model holds every tensor of the smaller one
     print(f"--init {init}: {sorted(grown)} switched on, {len(missing)} new tensors drawn with seed {seed}")

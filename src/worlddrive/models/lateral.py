@@ -9,8 +9,8 @@ The action expert keeps the longitudinal half, where speed and history are the r
 Why its own small CNN and not the shared vision tokens: the road's shape is in the pixels (a CNN like this one,
 trained on 6000 d40 frames at 64 x 128, predicted the +4 s lateral offset of val episodes with R² 0.87), but not
 in the builtin's vision tokens: a transformer head reading them reached R² ~0.25 and left the road in 46 of 48
-training-seed episodes (results/README.md, "A lateral head that steers from the camera"). Strided convolutions flattened into a linear layer
-keep where in the image the road goes, which is what steering needs.
+training-seed episodes (results/README.md, "A lateral head that steers from the camera"). Strided convolutions
+flattened into a linear layer keep where in the image the road goes, which is what steering needs.
 """
 
 from __future__ import annotations
