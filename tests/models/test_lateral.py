@@ -43,3 +43,13 @@ def test_lateral_head_overfits_and_round_trips(make_policy, overfit, items: list
     loaded = WorldDrivePolicy.from_pretrained(policy.save_pretrained(tmp_path / "p"))
     assert loaded.config.lateral_head
     torch.testing.assert_close(loaded.predict_trajectory(batch), policy.predict_trajectory(batch))
+
+
+def test_lateral_head_fits_any_valid_image_size() -> None:
+    # 40 x 72 is a valid PolicyConfig but not a multiple of 16: the strided convs round up, the MLP must match
+    from worlddrive.models.config import PolicyConfig
+    from worlddrive.models.lateral import LateralHead
+
+    head = LateralHead(PolicyConfig.preset("tiny", image_size=(40, 72), patch_size=4, past_pool=1))
+    frame = torch.zeros(2, 3, 128, 256, dtype=torch.uint8)
+    assert head(frame, torch.zeros(2, 2), torch.zeros(2, dtype=torch.long)).shape == (2, 8, 2)

@@ -21,6 +21,7 @@ from torch import nn
 
 from worlddrive.data.record import COMMANDS
 from worlddrive.models.config import PolicyConfig
+from worlddrive.models.vision import network_input
 
 CHANNELS = 32
 HIDDEN = 256
@@ -41,7 +42,7 @@ class LateralHead(nn.Module):
         for i in range(4):  # 64 x 128 -> 4 x 8
             layers += [nn.Conv2d(3 if i == 0 else CHANNELS, CHANNELS, 3, stride=2, padding=1), nn.GELU()]
         self.conv = nn.Sequential(*layers)
-        h, w = (side // 16 for side in config.image_size)
+        h, w = (-(-side // 16) for side in config.image_size)  # each stride-2 conv rounds up
         self.command = nn.Embedding(len(COMMANDS), 64)
         self.mlp = nn.Sequential(
             nn.Linear(CHANNELS * h * w + 64 + 2, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, 2 * config.waypoints)
@@ -49,10 +50,7 @@ class LateralHead(nn.Module):
 
     def forward(self, frame: torch.Tensor, motion: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
         """frame (B, 3, H, W) uint8, motion (B, 2) normalised speed and acceleration, command (B,) -> (B, W, 2)."""
-        x = frame.float() / 127.5 - 1.0
-        if tuple(x.shape[-2:]) != self.image_size:
-            x = F.interpolate(x, size=self.image_size, mode="area")
-        z = self.conv(x).flatten(1)  # (B, CHANNELS * h * w), where in the image each feature is
+        z = self.conv(network_input(frame, self.image_size)).flatten(1)  # (B, CHANNELS * h * w): position kept
         return self.mlp(torch.cat([z, self.command(command), motion], dim=1)).view(-1, self.waypoints, 2)
 
     @staticmethod

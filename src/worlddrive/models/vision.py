@@ -16,6 +16,14 @@ from worlddrive.models.backbone import Block
 from worlddrive.models.config import PolicyConfig
 
 
+def network_input(frames: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """uint8 frames (N, 3, H, W) -> float (N, 3, *image_size) in [-1, 1], area-resized when the sizes differ."""
+    x = frames.float() / 127.5 - 1.0
+    if tuple(x.shape[-2:]) != image_size:
+        x = F.interpolate(x, size=image_size, mode="area")
+    return x
+
+
 class VisionEncoder(nn.Module):
     def __init__(self, config: PolicyConfig):
         super().__init__()
@@ -47,9 +55,7 @@ class VisionEncoder(nn.Module):
         expected = self.config.past_frames + 1
         if expected != T:
             raise ValueError(f"camera has {T} frames, the config expects past_frames + 1 = {expected}")
-        x = camera.flatten(0, 1).float() / 127.5 - 1.0  # (B*T, 3, H, W) in [-1, 1]
-        if tuple(x.shape[-2:]) != self.config.image_size:
-            x = F.interpolate(x, size=self.config.image_size, mode="area")
+        x = network_input(camera.flatten(0, 1), self.config.image_size)  # (B*T, 3, h, w) in [-1, 1]
         x = self.stem(x.contiguous(memory_format=torch.channels_last)) + self.pos  # (B*T, D, h, w)
         x = x.unflatten(0, (B, T))  # (B, T, D, h, w)
         past = F.avg_pool2d(x[:, :-1].flatten(0, 1), self.config.past_pool)  # (B*(T-1), D, hp, wp)
