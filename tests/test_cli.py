@@ -162,6 +162,28 @@ def test_fine_tuning_can_switch_on_the_lateral_head(split_data_dir, tmp_path, ca
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(grown)])
 
 
+def test_train_only_lateral_moves_the_head_and_nothing_else(split_data_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    data, base, head = str(split_data_dir), tmp_path / "base", tmp_path / "head"
+    argv = ["train", "--config", "tiny", "--batch-size", "4", "--max-steps", "2", "--open-loop-samples", "0"]
+    argv += ["--data", data, "--wm", "frame"]
+    assert main([*argv, "--out", str(base)]) == 0
+    only = [*argv, "--init", str(base), "--lateral-head", "--train-only", "lateral"]
+    assert main([*only, "--out", str(head)]) == 0
+    start, after = (load_file(run / "policy" / "model.safetensors") for run in (base, head))
+    assert all(torch.equal(after[k], start[k]) for k in start)  # the frozen policy, world model included
+    still = tmp_path / "still"  # the same head at lr 0: its weights as drawn
+    assert main([*only, "--out", str(still), "--lr", "0"]) == 0
+    drawn = load_file(still / "policy" / "model.safetensors")
+    assert not torch.equal(after["lateral.mlp.2.weight"], drawn["lateral.mlp.2.weight"])
+    assert json.loads((head / "train_config.json").read_text())["train_only"] == ["lateral"]
+    with pytest.raises(SystemExit, match="add --lateral-head"):
+        main([*argv, "--out", str(tmp_path / "bad"), "--init", str(base), "--train-only", "lateral"])
+    with pytest.raises(SystemExit, match="give --init CKPT"):
+        main([*argv, "--out", str(tmp_path / "bad"), "--lateral-head", "--train-only", "lateral"])
+
+
 def test_the_same_seed_trains_the_same_world_model(split_data_dir, tmp_path):
     # torch seeds itself randomly per process: the initial weights must come from --seed, not from that
     from safetensors.torch import load_file

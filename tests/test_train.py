@@ -49,6 +49,17 @@ def _run(out: Path, steps: int) -> subprocess.Popen:
     )
 
 
+def test_train_only_updates_the_named_part_and_nothing_else(tmp_path):
+    model = Toy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train(model, toy_data(), None, collate, tmp_path / "a", config(20, train_only=("net.3",)), progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(after[k], before[k]) for k in ("net.0.weight", "net.0.bias"))
+    assert not torch.equal(after["net.3.weight"], before["net.3.weight"])
+    with pytest.raises(ValueError, match=r"\['nope'\] are not submodules with parameters; the model's parts: \['net'"):
+        train(Toy(), toy_data(), None, collate, tmp_path / "b", config(2, train_only=("nope",)), progress=False)
+
+
 def test_kill_and_rerun_reaches_the_same_final_loss(tmp_path):
     steps = 60
     full = _run(tmp_path / "full", steps)

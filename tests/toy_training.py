@@ -40,7 +40,7 @@ def collate(items):
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-def config(steps):
+def config(steps, **changes):
     return TrainConfig(
         max_steps=steps,
         batch_size=16,
@@ -50,6 +50,7 @@ def config(steps):
         eval_every=10,
         eval_batches=4,
         log_every=5,
+        **changes,
     )
 
 

@@ -262,9 +262,14 @@ def cmd_train(a: argparse.Namespace) -> int:
             print(f"{out} is already trained ({recorded['steps']} steps); its recorded result:")
             _result(**recorded)
             return 0
+    if a.train_only and not (a.init or (out / "policy").exists()):
+        raise SystemExit(f"error: --train-only {a.train_only} trains a head over a trained policy: give --init CKPT")
     fields = WorldDriveDataset.fields_for(a.wm.split(","))  # action-only skips future frames and BEV rasters
     roots = [d for d in a.data.split(",") if d]
-    train_ds, val_ds = (_union(roots, split, fields, a.data_fraction, a.seed) for split in ("train", "val"))
+    # the lateral head alone reads no future frames or BEV (the val split keeps them for the open-loop metrics)
+    train_fields = WorldDriveDataset.fields_for(()) if a.train_only == "lateral" else fields
+    train_ds = _union(roots, "train", train_fields, a.data_fraction, a.seed)
+    val_ds = _union(roots, "val", fields, a.data_fraction, a.seed)
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun
     heads = tuple(h for h in a.wm.split(",") if h)
     if "vq" in heads and not a.vq and not a.init:
@@ -284,6 +289,8 @@ def cmd_train(a: argparse.Namespace) -> int:
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)
         config = PolicyConfig.preset(a.config, **overrides)
+        if a.train_only == "lateral" and not config.lateral_head:
+            raise SystemExit("error: --train-only lateral trains the lateral head: add --lateral-head")
         if a.init:
             policy = _fine_tuned(a.init, config, a.seed)
         else:
@@ -301,6 +308,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         warmup_steps=min(50, a.max_steps // 10),
         eval_every=max(a.max_steps // 5, 1),
         save_every=max(min(50, a.max_steps // 4), 1),
+        train_only=(a.train_only,) if a.train_only else (),
     )
     t0 = time.time()
     res = train(
@@ -607,6 +615,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="steer from a head that sees the camera, speed and command but never the ego history (its lateral "
         "waypoints replace the action expert's); with --init, it is added to the checkpoint. Default: the preset's",
+    )
+    t.add_argument(
+        "--train-only",
+        choices=["lateral"],
+        help="train only this part, the rest of the --init checkpoint frozen (lateral: the lateral head learns to "
+        "steer while the checkpoint keeps its speed choices; its steps skip the frozen parts, so they are fast)",
     )
     t.add_argument("--data-fraction", type=float, default=1.0)
     t.add_argument("--max-steps", type=int, default=500)

@@ -46,6 +46,7 @@ class TrainConfig:
     save_every: int = 50  # steps between resumable checkpoints
     seed: int = 0
     log_every: int = 10
+    train_only: tuple[str, ...] = ()  # names of the modules to train, the rest frozen; empty: train everything
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "eval_every", "save_every", "log_every"):
@@ -62,6 +63,18 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     progress = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
     floor = cfg.lr * cfg.min_lr_ratio
     return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def freeze_all_but(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Leave only the parameters of the named submodules trainable (e.g. a head added to a trained checkpoint)."""
+    modules = dict(model.named_modules())
+    unknown = [n for n in names if not n or n not in modules or not any(True for _ in modules[n].parameters())]
+    if unknown:
+        have = sorted(n for n, _ in model.named_children())
+        raise ValueError(f"train_only names {unknown} are not submodules with parameters; the model's parts: {have}")
+    prefixes = tuple(n + "." for n in names)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
 
 
 # ---------------------------------------------------------------------- distributed helpers
@@ -227,6 +240,8 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model.to(device)
+    if cfg.train_only:
+        freeze_all_but(model, cfg.train_only)
     opt = model.configure_optimizers(cfg.weight_decay, cfg.lr)
     meta = load_state(out, model, opt) or {"step": 0, "epoch": 0, "batch": 0, "skipped": 0}
     # find_unused_parameters: a config can leave whole parts without gradient (the reasoning slot when lambda_lang = 0,

@@ -163,9 +163,15 @@ class WorldDrivePolicy(nn.Module):
         """
         batch = self._to_device(batch)
         cfg = self.config
+        target = self.normalise(batch["trajectory"])  # (B, W, 3)
+        if self.lateral is not None and self._only_lateral_trains():  # every other term is a constant: skip them
+            check_finite(batch)
+            loss = self.lateral.loss(self._lateral(batch), target)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite lateral loss from finite inputs: {_scalar(loss)}")
+            return loss, {"loss": _scalar(loss), "lateral_loss": _scalar(loss)}
         hidden, layout = self.encode(batch, reasoning=cfg.lambda_lang > 0)  # (B, L, D)
         zero = hidden.new_zeros(())
-        target = self.normalise(batch["trajectory"])  # (B, W, 3)
         action_loss = self.action_expert.loss(hidden[:, layout["action"]], target)
         lateral = {}
         if self.lateral is not None:
@@ -180,6 +186,10 @@ class WorldDrivePolicy(nn.Module):
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss from finite inputs: {logs}")
         return loss, logs
+
+    def _only_lateral_trains(self) -> bool:
+        """True when the lateral head trains alone over a frozen policy (`worlddrive train --train-only lateral`)."""
+        return not any(p.requires_grad for n, p in self.named_parameters() if not n.startswith("lateral."))
 
     def visual_grid(self, hidden: torch.Tensor) -> torch.Tensor:
         """The backbone's hidden states of the current frame's patch tokens (B, h, w, D), for the world-model heads."""
