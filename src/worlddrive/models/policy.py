@@ -29,7 +29,7 @@ from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MA
 from worlddrive.models.action import make_action_expert
 from worlddrive.models.backbone import Layout, make_backbone
 from worlddrive.models.config import PolicyConfig
-from worlddrive.models.lateral import LateralHead
+from worlddrive.models.lateral import LateralHead, along_path
 from worlddrive.models.sentence import MINILM_DIM, minilm
 from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_tokenizer
 from worlddrive.models.vision import VisionEncoder
@@ -210,7 +210,7 @@ class WorldDrivePolicy(nn.Module):
         return torch.cat([speed, ego[:, EGO_ACCEL : EGO_ACCEL + 1]], dim=1)
 
     def _lateral(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The lateral head's normalised (y, yaw) per waypoint (B, W, 2), from the current frame."""
+        """The lateral head's normalised path (B, W, 3), from the current frame."""
         return self.lateral(batch["camera"][:, -1], self._motion(batch["ego"]), batch["command"])
 
     def _prefix(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -259,14 +259,13 @@ class WorldDrivePolicy(nn.Module):
         self, batch: dict[str, Any], num_samples: int = 1, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """K trajectories per sample (B, K, W, 3) in metres / radians, ego frame. Runs no reasoning. With the
-        lateral head, its (y, yaw) replace the action expert's in every sample."""
+        lateral head, every sample goes the action expert's distances along the head's path."""
         batch = self._to_device(batch)
         hidden, layout = self.encode(batch, reasoning=False)
-        plan = self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator)  # (B, K, W, 3)
-        if self.lateral is not None:
-            lateral = self._lateral(batch)[:, None].expand(-1, plan.shape[1], -1, -1)  # (B, K, W, 2)
-            plan = torch.cat([plan[..., :1], lateral], dim=-1)
-        return self.denormalise(plan)
+        plan = self.denormalise(self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator))
+        if self.lateral is not None:  # (B, K, W, 3)
+            plan = along_path(plan, self.denormalise(self._lateral(batch)))
+        return plan
 
     @torch.no_grad()
     def generate_tokens(
