@@ -65,7 +65,7 @@ def test_perturbed_episode_keeps_only_clean_futures_and_shows_drift():
     noisy = record_episode("straight", 1, perturb=1.0)
     active = NoiseBursts(1, STEPS, WHEELBASE).active
     assert 0 < noisy.num_samples < clean.num_samples
-    for i in noisy.key_index:
+    for i in noisy.key_index - PAST:  # rows of the padded frames -> keyframes
         assert not active[KEY_EVERY * i : KEY_EVERY * (i + FUTURE)].any()
     # the past poses of kept samples show the drift the expert recovers from
     assert np.abs(noisy.past_trajectory[:, :, 1]).max() > np.abs(clean.past_trajectory[:, :, 1]).max() + 0.2
@@ -90,7 +90,7 @@ def test_takeover_policy_drives_its_bursts_after_seeing_a_second_before():
     assert all(asked[s - PAST * KEY_EVERY : s].all() for s in starts if s < len(asked))  # ... having seen 1 s before
     assert asked.mean() < 0.6  # and is not run where nobody needs it
     assert 0 < taken.num_samples < clean.num_samples
-    for i in taken.key_index:
+    for i in taken.key_index - PAST:
         assert not bursts.active[KEY_EVERY * i : KEY_EVERY * (i + FUTURE)].any()
     assert taken.past_trajectory[:, :, 1].min() < clean.past_trajectory[:, :, 1].min() - 0.2  # it swerved left:
     # seen from after the burst, the past lies to the right (negative y)

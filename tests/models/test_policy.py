@@ -157,6 +157,33 @@ def test_select_action_on_a_real_env_observation(make_policy) -> None:
         env.close()
 
 
+def test_the_closed_loops_first_second_is_what_the_dataset_shows(make_policy) -> None:
+    # the policy's past at an episode's start (padded frames and poses) must be the one its first samples were
+    # trained with, or a policy meets a kind of input in its first second that no sample had
+    from worlddrive.data.record import KEY_EVERY, PAST, record_episode
+    from worlddrive.sim.camera import FrontCamera
+    from worlddrive.sim.env import Observer
+    from worlddrive.sim.expert import Expert
+    from worlddrive.sim.scenarios import make_family
+    from worlddrive.sim.world import World
+
+    record = record_episode("straight", 1)
+    assert record.key_index[0] == PAST  # the first keyframe is a sample
+    policy = make_policy(past_frames=PAST).eval()
+    world = World(make_family("straight").make(1))
+    expert, observer, state = Expert(world), Observer(world, FrontCamera(), None, 1), world.reset()
+    policy.reset()
+    for step in range(PAST * KEY_EVERY + 1):
+        policy.observe(observer(state))
+        if step % KEY_EVERY == 0:
+            key, batch = step // KEY_EVERY, policy._history_batch()
+            frames = torch.from_numpy(record.frames[key : key + PAST + 1]).permute(0, 3, 1, 2)  # rows: keyframe + PAST
+            assert torch.equal(batch["camera"][0], frames), f"keyframe {key}"
+            torch.testing.assert_close(batch["past_trajectory"][0], torch.from_numpy(record.past_trajectory[key]))
+        out = expert.act(state, plan=False)
+        state = world.step(out.accel, out.steer)
+
+
 def test_optimizer_groups(make_policy) -> None:
     policy = make_policy()
     decay, no_decay = policy.configure_optimizers(weight_decay=0.1, lr=1e-3).param_groups

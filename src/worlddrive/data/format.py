@@ -7,7 +7,8 @@ read a whole row group to reach one sample. A shard is a plain folder of files t
 (no server, no database), and zarr v3 is a maintained, written specification with readers beyond Python.
 
 Layout of `DIR/shards/shard_00012.zarr` (E episodes concatenated: Nf frames, Ns samples):
-  frames, bev        (Nf, H, W, 3), (Nf, C, Hb, Wb) uint8, FRAMES_PER_CHUNK frames per chunk
+  frames, bev        (Nf, H, W, 3), (Nf, C, Hb, Wb) uint8, FRAMES_PER_CHUNK frames per chunk; an episode's first
+                     PAST rows repeat its first keyframe (the past a policy has at an episode's start, record.py)
   key_index          (Ns,) row of the sample's "now" in frames/bev. Rows key_index - PAST ... key_index + FUTURE all
                      belong to the sample's episode by construction (record.py), so no validity masks are stored
   episode            (Ns,) row of the sample's episode in the episode_* arrays

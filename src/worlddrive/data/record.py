@@ -10,6 +10,12 @@ kept only if no noise acts within its 4 s future: its label is what the expert r
 and its past (frames, poses) shows the drift. A policy trained on expert data alone never sees such states and,
 once off the line in closed loop, keeps going (behaviour cloning's compounding error).
 
+An episode's first keyframes are samples too, with the past a policy has at the start of a closed-loop episode:
+the frames before the first repeat it (the first PAST rows of `frames` are copies of it) and the poses before it
+assume the ego drove straight on at its current speed (`assumed_past_pose`, which the policy uses too). Without
+them no sample shows the first second, where an episode may already ask for braking (a red light 30 m ahead),
+and a policy whose past says "not braking" had never been taught to start.
+
 DAgger-style data: with a `takeover` driver (a learned policy), the bursts are driven by that policy instead of noise.
 The states kept are then the ones the policy really leads to (its drift on a curve, its run at a stop line), each
 labelled by the expert's recovery from there, so the next policy learns to correct the mistakes this one makes.
@@ -56,9 +62,9 @@ class EpisodeRecord:
 
     family: str
     seed: int
-    frames: np.ndarray  # (K, H, W, 3) uint8 camera keyframes at 2 Hz
-    bev: np.ndarray  # (K, C, Hb, Wb) uint8 BEV keyframes
-    key_index: np.ndarray  # (Ns,) int32 keyframe of "now"; past frames are key_index - 1..PAST, future + 1..FUTURE
+    frames: np.ndarray  # (PAST + K, H, W, 3) uint8 camera keyframes at 2 Hz, the first repeated PAST times before it
+    bev: np.ndarray  # (PAST + K, C, Hb, Wb) uint8 BEV keyframes, padded the same way
+    key_index: np.ndarray  # (Ns,) int32 row of "now"; past frames are key_index - 1..PAST, future + 1..FUTURE
     ego: np.ndarray  # (Ns, 7) float32 ego state (world frame pose, speed, accel, steer, yaw rate)
     trajectory: np.ndarray  # (Ns, FUTURE, 3) float32 expert future x, y, yaw in the ego frame
     past_trajectory: np.ndarray  # (Ns, PAST, 3) float32 ego poses 0.5 and 1 s ago in the current ego frame
@@ -85,7 +91,7 @@ def record_episode(
     perturb: float = 0.0,
     takeover: Driver | None = None,
 ) -> EpisodeRecord:
-    """Drive the expert through (family, seed) and collect every keyframe that has 1 s of past and 4 s of future.
+    """Drive the expert through (family, seed) and collect every keyframe that has 4 s of future.
 
     With probability `perturb` (decided by the seed) the episode is driven with bursts of noise, or of the `takeover`
     driver when given (see the module doc); it then ends at its first collision or red light, so that no sample
@@ -242,11 +248,16 @@ def _agents(state: WorldState, ref: np.ndarray) -> np.ndarray:
     return rows[order]
 
 
+def assumed_past_pose(ego: np.ndarray, age: int) -> tuple[float, float, float]:
+    """The pose `age` keyframes before an episode's start, in the ego frame: straight back at the current speed."""
+    return -float(ego[EGO_SPEED]) * age * KEY_EVERY * DT, 0.0, 0.0
+
+
 def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng, world, noisy) -> EpisodeRecord:
-    """Samples at every keyframe with a full past and future, except those with noise (`noisy`, per sim step)
-    acting within their future: controls of steps 5i ... 5(i + FUTURE) - 1 make keyframes i + 1 ... i + FUTURE."""
-    n = len(keys) - FUTURE - PAST
-    idx = np.arange(PAST, PAST + max(n, 0), dtype=np.int32)
+    """Samples at every keyframe with a full future, except those with noise (`noisy`, per sim step) acting within
+    their future: controls of steps 5i ... 5(i + FUTURE) - 1 make keyframes i + 1 ... i + FUTURE."""
+    n = len(keys) - FUTURE
+    idx = np.arange(max(n, 0), dtype=np.int32)
     idx = idx[np.array([not noisy[KEY_EVERY * i : KEY_EVERY * (i + FUTURE)].any() for i in idx], bool)]
     ego = np.stack([keys[i].ego for i in idx]) if len(idx) else np.zeros((0, 7), np.float32)
     traj = np.zeros((len(idx), FUTURE, 3), np.float32)
@@ -261,6 +272,9 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
             e = keys[i + f].ego
             traj[row, f - 1] = (*to_ego_frame(e[:2], ref), wrap_angle(e[EGO_YAW] - ref[EGO_YAW]))
         for p in range(1, PAST + 1):
+            if i - p < 0:
+                past[row, p - 1] = assumed_past_pose(ref, p)
+                continue
             e = keys[i - p].ego
             past[row, p - 1] = (*to_ego_frame(e[:2], ref), wrap_angle(e[EGO_YAW] - ref[EGO_YAW]))
         for f in range(FUTURE + 1):
@@ -278,9 +292,9 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
     return EpisodeRecord(
         family=family,
         seed=seed,
-        frames=np.stack(frames),
-        bev=np.stack(rasters),
-        key_index=idx,
+        frames=np.stack(frames[:1] * PAST + frames),
+        bev=np.stack(rasters[:1] * PAST + rasters),
+        key_index=idx + PAST,
         ego=ego,
         trajectory=traj,
         past_trajectory=past,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MAX_AGENTS, PAST
+from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MAX_AGENTS, PAST, assumed_past_pose
 from worlddrive.models.action import make_action_expert
 from worlddrive.models.backbone import Layout, make_backbone
 from worlddrive.models.config import PolicyConfig
@@ -35,7 +35,6 @@ from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_
 from worlddrive.models.vision import VisionEncoder
 from worlddrive.sim.camera import BEV_CHANNELS, BevConfig, CameraConfig
 from worlddrive.sim.state import EGO_ACCEL, EGO_SPEED, EGO_STEER, EGO_YAW, EGO_YAW_RATE, to_ego_frame, wrap_angle
-from worlddrive.sim.vehicle import DT
 
 if TYPE_CHECKING:
     from worlddrive.data.dataset import WorldDriveDataset
@@ -347,7 +346,8 @@ class WorldDrivePolicy(nn.Module):
         """The latest observation and its past as a batch of one in the dataset's layout.
 
         The dataset's past frames are 0.5 s (KEY_EVERY env steps) apart. Early in an episode, missing past frames
-        repeat the oldest one seen and missing past poses assume the ego drove straight at its current speed.
+        repeat the oldest one seen and missing past poses assume the ego drove straight at its current speed, as
+        the dataset's first samples of an episode do.
         """
         _, ego, command, instruction = self._history[-1]
         frames, poses = [], []
@@ -359,7 +359,7 @@ class WorldDrivePolicy(nn.Module):
                     past = self._history[i][1]
                     poses.append([*to_ego_frame(past[:2], ego), wrap_angle(past[EGO_YAW] - ego[EGO_YAW])])
                 else:
-                    poses.append([-ego[EGO_SPEED] * age * KEY_EVERY * DT, 0.0, 0.0])
+                    poses.append(assumed_past_pose(ego, age))
         item = {
             "camera": torch.stack(frames),  # (PAST + 1, 3, H, W)
             "ego": torch.from_numpy(ego),
