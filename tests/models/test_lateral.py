@@ -54,6 +54,27 @@ def test_along_path_walks_each_waypoints_distance_along_the_path() -> None:
     torch.testing.assert_close(stopped, plan)
 
 
+def test_pace_path_goes_the_paths_own_distances_and_cautious_the_lesser() -> None:
+    path = torch.zeros(1, 8, 3)
+    path[0, :, 0] = torch.arange(1, 9) * 2.0  # 2 m per waypoint, straight on
+    plan = torch.zeros(1, 1, 8, 3)
+    plan[0, 0, :, 0] = torch.tensor([3.0, 6.0, 9.0, 10.0, 10.0, 10.0, 10.0, 10.0])  # ahead of it, then stops at 10 m
+    torch.testing.assert_close(along_path(plan, path, "path")[0, 0], path[0])
+    cautious = along_path(plan, path, "cautious")[0, 0, :, 0]
+    torch.testing.assert_close(cautious, torch.tensor([2.0, 4.0, 6.0, 8.0, 10.0, 10.0, 10.0, 10.0]))
+    with pytest.raises(ValueError, match="pace 'fast'"):
+        along_path(plan, path, "fast")
+
+
+def test_pace_needs_the_lateral_head() -> None:
+    from worlddrive.models.config import PolicyConfig
+
+    with pytest.raises(ValueError, match=r"PolicyConfig\.pace"):
+        PolicyConfig.preset("tiny", pace="path")
+    with pytest.raises(ValueError, match=r"PolicyConfig\.pace"):
+        PolicyConfig.preset("tiny", lateral_head=True, pace="fastest")
+
+
 def test_lateral_head_overfits_and_round_trips(make_policy, overfit, items: list, tmp_path) -> None:
     policy = make_policy(lateral_head=True, lambda_lang=0.0)
     batch = policy.collate(items)

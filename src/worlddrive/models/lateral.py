@@ -63,10 +63,11 @@ class LateralHead(nn.Module):
         return F.mse_loss(pred, target)
 
 
-def along_path(plan: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
+def along_path(plan: torch.Tensor, path: torch.Tensor, pace: str = "action") -> torch.Tensor:
     """Waypoints (B, K, W, 3) moved onto `path` (B, W, 3), both in metres / radians: each goes as far along the path
     as it went along its own polyline from the ego (steps against its heading count back); past the path's end they
-    go on along its last heading."""
+    go on along its last heading. `pace` (PolicyConfig.pace): "path" goes as far as the path's own waypoint of the
+    same time instead, "cautious" the lesser of the two distances."""
     B, K, W, _ = plan.shape
     origin = path.new_zeros(B, 1, 3)
     points = torch.cat([origin, path], dim=1)  # (B, W + 1, 3), the ego first
@@ -78,6 +79,13 @@ def along_path(plan: torch.Tensor, path: torch.Tensor) -> torch.Tensor:
     backwards = (step * torch.stack([own[..., :-1, 2].cos(), own[..., :-1, 2].sin()], dim=-1)).sum(-1) < 0
     # signed: a standing plan's jitter back and forth cancels instead of adding up to a creep forward
     travelled = torch.where(backwards, -1.0, 1.0).mul(step.norm(dim=-1)).cumsum(-1).clamp_min(0)  # (B, K, W)
+    own_pace = along[:, None, 1:].expand(B, K, W)  # the path's waypoints' own distances
+    if pace == "path":
+        travelled = own_pace
+    elif pace == "cautious":
+        travelled = torch.minimum(travelled, own_pace)
+    elif pace != "action":
+        raise ValueError(f"pace {pace!r}, expected 'action', 'cautious' or 'path'")
     sorted_along = along[:, None].expand(B, K, W + 1).contiguous()
     j = (torch.searchsorted(sorted_along, travelled.contiguous()) - 1).clamp(0, W - 1)  # (B, K, W) segment index
     start = points[:, None].expand(B, K, W + 1, 3).gather(2, j[..., None].expand(B, K, W, 3))

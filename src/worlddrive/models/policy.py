@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 from collections import deque
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,18 @@ def collate(items: list[dict[str, Any]], tokenizer: TextTokenizer, config: Polic
         ids = [[tokenizer.sep_id, *tokenizer.encode(text), tokenizer.eos_id] for text in batch["reasoning"]]
         batch["reasoning_ids"], batch["reasoning_mask"] = tokenizer.pad(ids, config.max_reasoning_tokens)
     return batch
+
+
+@dataclass
+class Seen:
+    """One env observation in a driving policy's history, with its camera frame's `VisionEncoder.embed` features
+    once a decision has needed them: a frame serves as the current one and then as a past one, embedded once."""
+
+    camera: torch.Tensor  # (3, H, W) uint8
+    ego: np.ndarray  # (7,)
+    command: int
+    instruction: str
+    embedded: torch.Tensor | None = None  # (D, h, w)
 
 
 def check_finite(batch: dict[str, Any]) -> None:
@@ -119,7 +132,7 @@ class WorldDrivePolicy(nn.Module):
         # The world-model heads, if any, read the current frame's hidden grid (`visual_grid`) and the batch. They are
         # a submodule, so their weights travel in the same state dict and checkpoint.
         self.world_model = world_model if world_model is not None else _world_model(config)
-        self._history: deque[tuple[torch.Tensor, np.ndarray, int, str]] = deque(maxlen=PAST * KEY_EVERY + 1)
+        self._history: deque[Seen] = deque(maxlen=PAST * KEY_EVERY + 1)
 
     @classmethod
     def from_dataset(cls, config: PolicyConfig, dataset: WorldDriveDataset) -> WorldDrivePolicy:
@@ -226,7 +239,7 @@ class WorldDrivePolicy(nn.Module):
         features = torch.cat(features, dim=1)  # (B, 2 [+ HISTORY_FEATURES])
         instruction, instruction_valid = self._instruction(batch)
         segments = {
-            "visual": self.vision(batch["camera"]),  # (B, Nv, D)
+            "visual": self.vision(batch["camera"], batch.get("camera_embedded")),  # (B, Nv, D)
             "state": (self.state(features) + self.command(batch["command"]))[:, None],  # (B, 1, D)
             "instruction": instruction,  # (B, Ni, D)
         }
@@ -258,12 +271,12 @@ class WorldDrivePolicy(nn.Module):
         self, batch: dict[str, Any], num_samples: int = 1, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """K trajectories per sample (B, K, W, 3) in metres / radians, ego frame. Runs no reasoning. With the
-        lateral head, every sample goes the action expert's distances along the head's path."""
+        lateral head, every sample goes along the head's path, as far as config.pace says."""
         batch = self._to_device(batch)
         hidden, layout = self.encode(batch, reasoning=False)
         plan = self.denormalise(self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator))
         if self.lateral is not None:  # (B, K, W, 3)
-            plan = along_path(plan, self.denormalise(self._lateral(batch)))
+            plan = along_path(plan, self.denormalise(self._lateral(batch)), self.config.pace)
         return plan
 
     @torch.no_grad()
@@ -312,7 +325,8 @@ class WorldDrivePolicy(nn.Module):
     # ---------------------------------------------------------------- driving (env observations)
 
     def reset(self) -> None:
-        """Forget the frame history: call at the start of every episode."""
+        """Forget the frame history (and its embedded frames): call at the start of every episode and after the
+        weights change."""
         self._history.clear()
 
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
@@ -340,34 +354,43 @@ class WorldDrivePolicy(nn.Module):
         """Add an env observation to the history without predicting (`predict` does this itself): a driver that
         replans less often than every env step still shows the policy every step's frame."""
         camera = torch.from_numpy(np.ascontiguousarray(obs["camera"])).permute(2, 0, 1)  # (3, H, W)
-        self._history.append((camera, np.asarray(obs["ego"], np.float32), obs["command"], obs["instruction"]))
+        self._history.append(Seen(camera, np.asarray(obs["ego"], np.float32), int(obs["command"]), obs["instruction"]))
 
+    @torch.no_grad()
     def _history_batch(self) -> dict[str, Any]:
-        """The latest observation and its past as a batch of one in the dataset's layout.
+        """The latest observation and its past as a batch of one in the dataset's layout, with the frames' features
+        (`camera_embedded`, each frame embedded on its first use only).
 
         The dataset's past frames are 0.5 s (KEY_EVERY env steps) apart. Early in an episode, missing past frames
         repeat the oldest one seen and missing past poses assume the ego drove straight at its current speed, as
         the dataset's first samples of an episode do.
         """
-        _, ego, command, instruction = self._history[-1]
-        frames, poses = [], []
+        now = self._history[-1]
+        seen, poses = [], []
         for age in range(PAST, -1, -1):  # oldest first
             i = len(self._history) - 1 - age * KEY_EVERY
-            frames.append(self._history[max(i, 0)][0])
+            seen.append(self._history[max(i, 0)])
             if age:
                 if i >= 0:
-                    past = self._history[i][1]
-                    poses.append([*to_ego_frame(past[:2], ego), wrap_angle(past[EGO_YAW] - ego[EGO_YAW])])
+                    past = self._history[i].ego
+                    poses.append([*to_ego_frame(past[:2], now.ego), wrap_angle(past[EGO_YAW] - now.ego[EGO_YAW])])
                 else:
-                    poses.append(assumed_past_pose(ego, age))
+                    poses.append(assumed_past_pose(now.ego, age))
         item = {
-            "camera": torch.stack(frames),  # (PAST + 1, 3, H, W)
-            "ego": torch.from_numpy(ego),
+            "camera": torch.stack([s.camera for s in seen]),  # (PAST + 1, 3, H, W)
+            "ego": torch.from_numpy(now.ego),
             "past_trajectory": torch.tensor(poses[::-1], dtype=torch.float32),  # 0.5 s ago first, like the dataset
-            "command": torch.tensor(int(command)),
-            "instruction": str(instruction),
+            "command": torch.tensor(now.command),
+            "instruction": str(now.instruction),
         }
-        return self.collate([item])
+        batch = self.collate([item])
+        used = seen[-(self.config.past_frames + 1) :]  # the frames collate keeps
+        new = list({id(s): s for s in used if s.embedded is None}.values())  # the first frame may repeat
+        if new:
+            for s, e in zip(new, self.vision.embed(torch.stack([s.camera for s in new]).to(self.device)), strict=True):
+                s.embedded = e
+        batch["camera_embedded"] = torch.stack([s.embedded for s in used])[None]  # (1, T, D, h, w)
+        return batch
 
     # ---------------------------------------------------------------- checkpoints
 

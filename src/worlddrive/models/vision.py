@@ -46,18 +46,25 @@ class VisionEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(d, config.n_heads, config.dropout) for _ in range(config.vision_layers))
         self.ln_f = nn.LayerNorm(d)
 
-    def forward(self, camera: torch.Tensor) -> torch.Tensor:
-        """camera (B, T, 3, H, W) uint8, oldest frame first, T = past_frames + 1 -> tokens (B, Nv, D).
+    def embed(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (N, 3, H, W) -> patch features with their positions (N, D, h, w), one frame at a time: a
+        driving policy embeds each frame once and reuses it while it stays in the history (`forward(embedded=...)`)."""
+        x = network_input(frames, self.config.image_size)  # (N, 3, h, w) in [-1, 1]
+        return self.stem(x.contiguous(memory_format=torch.channels_last)) + self.pos
+
+    def forward(self, camera: torch.Tensor | None = None, embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """camera (B, T, 3, H, W) uint8, oldest frame first, T = past_frames + 1, or its frames already `embed`ded
+        (B, T, D, h, w) -> tokens (B, Nv, D).
 
         Token order: each past frame's pooled grid, oldest first, then the current frame's grid, row-major.
         """
-        B, T = camera.shape[:2]
+        if embedded is None:
+            embedded = self.embed(camera.flatten(0, 1)).unflatten(0, camera.shape[:2])
+        B, T = embedded.shape[:2]
         expected = self.config.past_frames + 1
         if expected != T:
             raise ValueError(f"camera has {T} frames, the config expects past_frames + 1 = {expected}")
-        x = network_input(camera.flatten(0, 1), self.config.image_size)  # (B*T, 3, h, w) in [-1, 1]
-        x = self.stem(x.contiguous(memory_format=torch.channels_last)) + self.pos  # (B*T, D, h, w)
-        x = x.unflatten(0, (B, T))  # (B, T, D, h, w)
+        x = embedded  # (B, T, D, h, w)
         past = F.avg_pool2d(x[:, :-1].flatten(0, 1), self.config.past_pool)  # (B*(T-1), D, hp, wp)
         past = past.unflatten(0, (B, T - 1)).flatten(3).transpose(2, 3) + self.time[:-1]  # (B, T-1, hp*wp, D)
         current = x[:, -1].flatten(2).transpose(1, 2) + self.time[-1]  # (B, h*w, D)
