@@ -284,7 +284,14 @@ def cmd_train(a: argparse.Namespace) -> int:
             "backbone": a.backbone,
             "instruction_encoder": a.instruction_encoder,
         }
-        optional = ("lambda_wm", "ego_history", "regression_loss", "history_dropout", "lateral_head")
+        optional = (
+            "lambda_wm",
+            "ego_history",
+            "regression_loss",
+            "history_dropout",
+            "lateral_head",
+            "speed_limit_input",
+        )
         for name in optional:  # not given: the preset's
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)
@@ -615,6 +622,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="steer from a head that sees the camera, speed and command but never the ego history (its lateral "
         "waypoints replace the action expert's); with --init, it is added to the checkpoint. Default: the preset's",
+    )
+    t.add_argument(
+        "--speed-limit-input",
+        action=argparse.BooleanOptionalAction,
+        help="feed the map's speed limit at the ego's position beside speed and acceleration (the camera's "
+        "speed-limit plates look alike); default: the preset's (off)",
     )
     t.add_argument(
         "--train-only",

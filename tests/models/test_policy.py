@@ -258,6 +258,37 @@ def test_ego_history_is_seen_only_when_asked(make_policy, items: list, history: 
     assert same != history
 
 
+@pytest.mark.parametrize("lateral", [False, True])
+def test_the_speed_limit_is_read_only_when_asked(make_policy, items: list, lateral: bool) -> None:
+    batch = make_policy().collate(items[:4])
+    faster = {**batch, "speed_limit": batch["speed_limit"] + 5.0}
+    for asked in (False, True):
+        policy = make_policy(speed_limit_input=asked, lateral_head=lateral).eval()
+        same = torch.allclose(policy.predict_trajectory(batch), policy.predict_trajectory(faster))
+        assert same != asked
+    loss, _ = make_policy(speed_limit_input=True, lateral_head=lateral)(batch)
+    loss.backward()  # trains on dataset batches, which carry the limit
+
+
+def test_a_policy_reading_the_speed_limit_takes_it_from_the_observation(make_policy) -> None:
+    from worlddrive.sim.env import DriveEnv
+
+    policy = make_policy(speed_limit_input=True).eval()
+    env = DriveEnv({"family": "straight", "bev": False})
+    try:
+        obs, info = env.reset(seed=0)
+        assert obs["speed_limit"] == pytest.approx(info["state"].speed_limit) and obs["speed_limit"] > 0
+        policy.reset()
+        policy.observe(obs)
+        assert policy._history_batch()["speed_limit"].tolist() == [pytest.approx(obs["speed_limit"])]
+        without = {k: v for k, v in obs.items() if k != "speed_limit"}
+        with pytest.raises(ValueError, match="speed_limit"):
+            policy.select_action(without)
+        make_policy().eval().select_action(without)  # a policy that does not read it does not need it
+    finally:
+        env.close()
+
+
 def test_history_dropout_hides_the_history_in_training_only(make_policy, items: list) -> None:
     policy = make_policy(ego_history=True, history_dropout=0.999)
     batch = policy.collate(items[:4])

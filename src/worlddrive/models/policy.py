@@ -77,6 +77,7 @@ class Seen:
     ego: np.ndarray  # (7,)
     command: int
     instruction: str
+    speed_limit: float | None  # m/s; kept only for a policy with speed_limit_input
     embedded: torch.Tensor | None = None  # (D, h, w)
 
 
@@ -107,7 +108,7 @@ class WorldDrivePolicy(nn.Module):
         self.config, self.tokenizer, self.stats = config, tokenizer, stats
         d = config.d_model
         self.vision = VisionEncoder(config)
-        self.state = nn.Linear(2 + HISTORY_FEATURES * config.ego_history, d)  # speed, acceleration (+ history)
+        self.state = nn.Linear(config.motion_features + HISTORY_FEATURES * config.ego_history, d)  # (+ history)
         self.command = nn.Embedding(len(COMMANDS), d)
         self.token_embedding = nn.Embedding(config.vocab_size, d)
         # minilm: the frozen MiniLM's token states projected to d; the encoder is a plain attribute, not a submodule
@@ -216,19 +217,26 @@ class WorldDrivePolicy(nn.Module):
     def denormalise(self, trajectory: torch.Tensor) -> torch.Tensor:
         return trajectory * self.trajectory_std + self.trajectory_mean
 
-    def _motion(self, ego: torch.Tensor) -> torch.Tensor:
-        """Ego state (B, 7) -> normalised speed and acceleration (B, 2); acceleration is O(1) in m/s² already."""
-        speed = (ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std
-        return torch.cat([speed, ego[:, EGO_ACCEL : EGO_ACCEL + 1]], dim=1)
+    def _motion(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Normalised speed and acceleration, and the speed limit with speed_limit_input (B, motion_features); the
+        limit is normalised like the speed, acceleration is O(1) in m/s² already."""
+        ego = batch["ego"]
+        features = [
+            (ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std,
+            ego[:, EGO_ACCEL : EGO_ACCEL + 1],
+        ]
+        if self.config.speed_limit_input:
+            features.append((batch["speed_limit"][:, None].float() - self.speed_mean) / self.speed_std)
+        return torch.cat(features, dim=1)
 
     def _lateral(self, batch: dict[str, Any]) -> torch.Tensor:
         """The lateral head's normalised path (B, W, 3), from the current frame."""
-        return self.lateral(batch["camera"][:, -1], self._motion(batch["ego"]), batch["command"])
+        return self.lateral(batch["camera"][:, -1], self._motion(batch), batch["command"])
 
     def _prefix(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Embedded visual, state and instruction segments, and the instruction's padding mask."""
         ego = batch["ego"]
-        features = [self._motion(ego)]
+        features = [self._motion(batch)]
         if self.config.ego_history:  # steering and yaw rate are O(1) in SI units already
             past = ((batch["past_trajectory"] - self.past_mean) / self.past_std).flatten(1)
             history = torch.cat([ego[:, EGO_STEER : EGO_YAW_RATE + 1], past], dim=1)  # (B, HISTORY_FEATURES)
@@ -354,7 +362,16 @@ class WorldDrivePolicy(nn.Module):
         """Add an env observation to the history without predicting (`predict` does this itself): a driver that
         replans less often than every env step still shows the policy every step's frame."""
         camera = torch.from_numpy(np.ascontiguousarray(obs["camera"])).permute(2, 0, 1)  # (3, H, W)
-        self._history.append(Seen(camera, np.asarray(obs["ego"], np.float32), int(obs["command"]), obs["instruction"]))
+        limit = None
+        if self.config.speed_limit_input:
+            if "speed_limit" not in obs:
+                raise ValueError(
+                    "this policy reads the map's speed limit (PolicyConfig.speed_limit_input): the observation needs "
+                    f"'speed_limit' (m/s at the ego's position), it has {sorted(obs)}"
+                )
+            limit = float(obs["speed_limit"])
+        ego = np.asarray(obs["ego"], np.float32)
+        self._history.append(Seen(camera, ego, int(obs["command"]), obs["instruction"], limit))
 
     @torch.no_grad()
     def _history_batch(self) -> dict[str, Any]:
@@ -383,6 +400,8 @@ class WorldDrivePolicy(nn.Module):
             "command": torch.tensor(now.command),
             "instruction": str(now.instruction),
         }
+        if now.speed_limit is not None:
+            item["speed_limit"] = torch.tensor(now.speed_limit, dtype=torch.float32)
         batch = self.collate([item])
         used = seen[-(self.config.past_frames + 1) :]  # the frames collate keeps
         new = list({id(s): s for s in used if s.embedded is None}.values())  # the first frame may repeat

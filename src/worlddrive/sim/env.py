@@ -1,8 +1,9 @@
 """`worlddrive/Drive-v0`: the world as a gymnasium env (HighwayEnv style: a `default_config` merged with yours).
 
 Observation: front camera (H, W, 3) uint8, optional BEV raster (C, Hb, Wb) uint8, ego state (7,), the instruction
-text and the navigation command. Action: 8 ego-frame waypoints (x, y, yaw; 0.5 s apart) followed by the built-in
-controller (`action_type="trajectory"`), or direct controls in [-1, 1] (steer, acceleration; `"control"`).
+text, the navigation command and the speed limit at the ego's position (m/s, as a navigation map has it). Action: 8
+ego-frame waypoints (x, y, yaw; 0.5 s apart) followed by the built-in controller (`action_type="trajectory"`), or
+direct controls in [-1, 1] (steer, acceleration; `"control"`).
 `info` carries the true `WorldState`, this step's infractions, the expert's plan and facts, and progress.
 """
 
@@ -65,6 +66,7 @@ class DriveEnv(gym.Env):
             "ego": spaces.Box(-1e5, 1e5, (7,), np.float32),  # world-frame pose and dynamics
             "instruction": spaces.Text(max_length=256, charset=TEXT_CHARSET),
             "command": spaces.Discrete(len(COMMANDS)),
+            "speed_limit": spaces.Box(0, 100, (), np.float32),  # m/s at the ego's position, as a navigation map has it
         }
         if self.bev is not None:
             bc = self.bev.config
@@ -179,6 +181,7 @@ class Observer:
             "ego": state.ego.astype(np.float32),
             "instruction": self.instruction(),
             "command": COMMANDS.index(state.command),
+            "speed_limit": np.float32(state.speed_limit),
         }
         if self.bev is not None:
             obs["bev"] = self.bev.render(state, road)
