@@ -167,7 +167,7 @@ def test_train_with_the_speed_limit_input(split_data_dir, tmp_path):
     argv = ["train", "--config", "tiny", "--batch-size", "4", "--max-steps", "2", "--open-loop-samples", "0"]
     assert main([*argv, "--data", data, "--out", str(run), "--speed-limit-input"]) == 0
     assert json.loads((run / "policy" / "config.json").read_text())["speed_limit_input"] is True
-    # it shapes the state token's weights: a checkpoint without it cannot be fine-tuned into one with it
+    # it shapes the state token's weights: a fine-tune cannot switch it off (or on)
     with pytest.raises(SystemExit, match=r"not the model these flags describe .*'speed_limit_input': \(True, False\)"):
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(run), "--no-speed-limit-input"])
 

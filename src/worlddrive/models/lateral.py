@@ -56,7 +56,7 @@ class LateralHead(nn.Module):
         )
 
     def forward(self, frame: torch.Tensor, motion: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
-        """frame (B, 3, H, W) uint8, motion (B, M) from `WorldDrivePolicy.motion`, command (B,) -> (B, W, 3)."""
+        """frame (B, 3, H, W) uint8, motion (B, M) from `WorldDrivePolicy._motion`, command (B,) -> (B, W, 3)."""
         z = self.conv(network_input(frame, self.image_size)).flatten(1)  # (B, CHANNELS * h * w): position kept
         return self.mlp(torch.cat([z, self.command(command), motion], dim=1)).view(-1, self.waypoints, 3)
 

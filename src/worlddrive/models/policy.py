@@ -370,7 +370,7 @@ class WorldDrivePolicy(nn.Module):
                     f"'speed_limit' (m/s at the ego's position), it has {sorted(obs)}"
                 )
             limit = float(obs["speed_limit"])
-        ego = np.asarray(obs["ego"], np.float32)
+        ego = np.asarray(obs["ego"], np.float32)  # (7,)
         self._history.append(Seen(camera, ego, int(obs["command"]), obs["instruction"], limit))
 
     @torch.no_grad()
