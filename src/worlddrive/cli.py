@@ -291,6 +291,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "history_dropout",
             "lateral_head",
             "speed_limit_input",
+            "stop_line_input",
         )
         for name in optional:  # not given: the preset's
             if getattr(a, name) is not None:
@@ -628,6 +629,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="feed the map's speed limit at the ego's position beside speed and acceleration (the camera's "
         "speed-limit plates look alike); default: the preset's (off)",
+    )
+    t.add_argument(
+        "--stop-line-input",
+        action=argparse.BooleanOptionalAction,
+        help="feed the route's next stop line from the map (distance along the route; light, stop or yield) beside "
+        "speed and acceleration; the light's colour stays the camera's. Default: the preset's (off)",
     )
     t.add_argument(
         "--train-only",

@@ -11,6 +11,7 @@ import pytest
 from worlddrive.data.generate import generate
 from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, MAX_AGENTS, PAST, EpisodeRecord
 from worlddrive.sim.camera import BEV_CHANNELS
+from worlddrive.sim.state import CONTROL_NAMES, STOP_HORIZON
 
 BEV_SIZE = 16
 
@@ -38,6 +39,8 @@ def fake_record(seed: int, n_keys: int = 14, H: int = 16, W: int = 32, family: s
         lights=rng.integers(-1, 3, (ns, t), np.int8),
         command=rng.integers(0, len(COMMANDS), ns, np.int8),
         speed_limit=rng.uniform(8, 20, ns).astype(np.float32),
+        stop_distance=rng.uniform(-1, STOP_HORIZON, ns).astype(np.float32),
+        stop_control=rng.integers(0, len(CONTROL_NAMES), ns, np.int8),
         instruction=[f"Drive on, step {i} — ünïcode" for i in range(ns)],
         reasoning=[" ".join(["word"] * int(rng.integers(3, 12))) for _ in range(ns)],
         facts=[json.dumps({"seed": seed, "row": i}) for i in range(ns)],

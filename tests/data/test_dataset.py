@@ -12,6 +12,7 @@ from conftest import BEV_SIZE, fake_record, fake_record_episode, make_dataset
 from torch.utils.data import DataLoader
 
 from worlddrive.data.dataset import IMAGE_FIELDS, ITEM_FIELDS, WorldDriveDataset, episode_split
+from worlddrive.data.format import LABEL_FIELDS, SCHEMA_VERSION
 from worlddrive.data.record import FUTURE, MAX_AGENTS, PAST
 from worlddrive.data.show import show
 from worlddrive.sim.camera import BEV_CHANNELS
@@ -57,13 +58,15 @@ def test_item_matches_the_recorded_episode(dataset_dir):
         "lights": ((FUTURE + 1,), torch.long),
         "command": ((), torch.long),
         "speed_limit": ((), torch.float32),
+        "stop_distance": ((), torch.float32),
+        "stop_control": ((), torch.long),
     }
     assert {k: (tuple(v.shape), v.dtype) for k, v in item.items() if torch.is_tensor(v)} == expected
     np.testing.assert_array_equal(item["camera"].permute(0, 2, 3, 1), record.frames[k - PAST : k + 1])
     np.testing.assert_array_equal(item["future_camera"].permute(0, 2, 3, 1), record.frames[k + 1 : k + FUTURE + 1])
     np.testing.assert_array_equal(item["bev"], record.bev[k])
     np.testing.assert_array_equal(item["future_bev"], record.bev[k + 1 : k + FUTURE + 1])
-    for name in ("trajectory", "past_trajectory", "ego", "agents", "agent_mask", "lights", "command", "speed_limit"):
+    for name in LABEL_FIELDS:
         np.testing.assert_array_equal(item[name].numpy(), getattr(record, name)[row], err_msg=name)
     assert (item["instruction"], item["reasoning"], item["facts"]) == (
         record.instruction[row],
@@ -169,8 +172,8 @@ def test_damaged_shard_is_named(fresh):
 
 def test_schema_mismatch_and_bad_arguments(fresh):
     info = json.loads((fresh / "info.json").read_text())
-    (fresh / "info.json").write_text(json.dumps({**info, "schema_version": "2"}))
-    with pytest.raises(ValueError, match="schema_version '2', expected '1'"):
+    (fresh / "info.json").write_text(json.dumps({**info, "schema_version": "0"}))
+    with pytest.raises(ValueError, match=f"schema_version '0', expected '{SCHEMA_VERSION}'"):
         WorldDriveDataset(fresh)
     with pytest.raises(ValueError, match="split must be one of"):
         WorldDriveDataset(fresh, split="test")

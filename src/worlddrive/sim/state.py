@@ -22,6 +22,11 @@ CAR, TRUCK, PARKED = 0, 1, 2
 STOP_SIGN, YIELD_SIGN, SPEED_SIGN = 0, 1, 2
 SIGN_NAMES = ("stop", "yield", "speed limit")
 
+# What governs the ego's next stop line on its route, as a navigation map knows it (the light's colour it does not).
+NO_CONTROL, LIGHT_CONTROL, STOP_CONTROL, YIELD_CONTROL = 0, 1, 2, 3
+CONTROL_NAMES = ("none", "light", "stop", "yield")
+STOP_HORIZON = 100.0  # m: a stop line farther ahead than this is reported as none
+
 # Lane-marking kinds.
 DASHED_WHITE, SOLID_WHITE, SOLID_YELLOW = 0, 1, 2
 
@@ -84,6 +89,10 @@ class WorldState:
     route: np.ndarray  # (P, 2) the ego's planned path centreline, world frame
     speed_limit: float  # m/s at the ego's position
     command: str  # navigation command: "straight" / "left" / "right" / "follow"
+    # the route's next stop line, from the ego's front bumper along the route (1 m past it still counts), and its
+    # control; none within STOP_HORIZON: STOP_HORIZON and NO_CONTROL
+    stop_distance: float = STOP_HORIZON  # m
+    stop_control: int = NO_CONTROL  # NO_CONTROL / LIGHT_CONTROL / STOP_CONTROL / YIELD_CONTROL
 
     __eq__ = value_eq
 

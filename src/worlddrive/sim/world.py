@@ -23,11 +23,18 @@ from worlddrive.sim.state import (
     EGO_Y,
     EGO_YAW,
     GREEN,
+    LIGHT_CONTROL,
+    NO_CONTROL,
     PARKED,
     RED,
+    SPEED_SIGN,
+    STOP_CONTROL,
+    STOP_HORIZON,
+    STOP_SIGN,
     TRUCK,
     WAIT,
     YELLOW,
+    YIELD_CONTROL,
     WorldState,
     empty,
     wrap_angle,
@@ -194,6 +201,7 @@ class World:
         self._yellow_done = False
         self._tls_ids = sorted({lg.tls_id for lg in self.net.lights})
         self._lane_last = {lane: k for k, lane in enumerate(self.route.lane)}  # lane id -> last route index on it
+        self._stop_lines()
         # What every WorldState of this world shares; read-only, so that no reader can change another's state.
         lights = self.net.lights
         self._static = {
@@ -440,6 +448,34 @@ class World:
                 return lg, line_s
         return None
 
+    def _stop_lines(self) -> None:
+        """Arc length of the stop line of each light and each stop / yield sign (-1: off the route, or a speed sign),
+        and the route's stop lines in order with their controls."""
+        net, route = self.net, self.route
+        self.light_line_s = np.array([self.lane_end_s(lg.lane_id) or -1.0 for lg in net.lights])  # (L,)
+        edge_end = {lane.rsplit("_", 1)[0]: float(s) for lane, s in zip(route.lane, route.s, strict=True)}
+        self.sign_line_s = np.array(
+            [
+                edge_end.get(lane.rsplit("_", 1)[0], -1.0) if kind != SPEED_SIGN else -1.0
+                for lane, kind in zip(net.sign_lane, net.sign_kind, strict=True)
+            ]
+        )  # (S,)
+        lines = np.concatenate([self.light_line_s, self.sign_line_s])
+        sign_control = np.where(np.asarray(net.sign_kind) == STOP_SIGN, STOP_CONTROL, YIELD_CONTROL)
+        controls = np.concatenate([np.full(len(self.light_line_s), LIGHT_CONTROL), sign_control])
+        order = np.argsort(lines, kind="stable")
+        on_route = order[lines[order] >= 0]
+        self._stop_s, self._stop_control = lines[on_route], controls[on_route]  # (Q,) ascending, (Q,)
+
+    def next_stop(self) -> tuple[float, int]:
+        """The route's next stop line ahead of the ego's front bumper (1 m past it still counts): its distance along
+        the route and its control, or (STOP_HORIZON, NO_CONTROL) when none is that near."""
+        front = self._ego_front_s()
+        k = int(np.searchsorted(self._stop_s, front - 1.0, side="right"))
+        if k == len(self._stop_s) or self._stop_s[k] - front > STOP_HORIZON:
+            return STOP_HORIZON, NO_CONTROL
+        return float(self._stop_s[k] - front), int(self._stop_control[k])
+
     def lane_end_s(self, lane_id: str) -> float | None:
         """Arc length along the route where a lane on it ends (its stop line), or None if the route avoids it."""
         idx = self._lane_last.get(lane_id)
@@ -477,6 +513,7 @@ class World:
             road, nxt = r[tc.VAR_ROAD_ID], r[tc.VAR_NEXT_EDGE]
             intents.append(CROSS if "_c" in road or ("_c" in nxt and ("_w" in road or road == "")) else WAIT)
         walk = np.array([(*r[tc.VAR_POSITION], r[tc.VAR_ANGLE], r[tc.VAR_SPEED]) for r in walkers], np.float64)
+        stop_distance, stop_control = self.next_stop()
         walk = walk.reshape(-1, 4)
         walk[:, 2] = np.radians(90.0 - walk[:, 2])
         scripted = [(p.pos[0], p.pos[1], p.yaw, p.vel) for p in self.spec.scripted_pedestrians]
@@ -503,6 +540,8 @@ class World:
             sign_stop_line=net.sign_stop_line,
             speed_limit=float(self.route.speed_limit[self.ego_index]),
             command=self.route.command_at(self.ego_s),
+            stop_distance=stop_distance,
+            stop_control=stop_control,
             **self._static,
         )
 
