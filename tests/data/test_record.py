@@ -6,7 +6,7 @@ import pytest
 
 from worlddrive.data.record import FUTURE, KEY_EVERY, PAST, NoiseBursts, Takeover, record_episode
 from worlddrive.sim.expert import ExpertOutput
-from worlddrive.sim.state import EGO_SPEED
+from worlddrive.sim.state import EGO_SPEED, NO_CONTROL, STOP_CONTROL, STOP_HORIZON
 from worlddrive.sim.vehicle import DT
 
 STEPS = 250  # a 25 s episode at 10 Hz
@@ -94,3 +94,12 @@ def test_takeover_policy_drives_its_bursts_after_seeing_a_second_before():
         assert not bursts.active[KEY_EVERY * i : KEY_EVERY * (i + FUTURE)].any()
     assert taken.past_trajectory[:, :, 1].min() < clean.past_trajectory[:, :, 1].min() - 0.2  # it swerved left:
     # seen from after the burst, the past lies to the right (negative y)
+
+
+def test_samples_carry_the_routes_next_stop_line():
+    """Each sample's stop line is the map's at its keyframe: the first ones close in on the stop sign 0.5 s apart."""
+    rec = record_episode("intersection_stop", 3)
+    assert rec.stop_control[0] == STOP_CONTROL and 0 < rec.stop_distance[0] < STOP_HORIZON
+    approach = rec.stop_distance[:4]
+    assert (rec.stop_control[:4] == STOP_CONTROL).all() and (np.diff(approach) < -1.0).all()  # moving at > 2 m/s
+    assert rec.stop_control[-1] == NO_CONTROL and rec.stop_distance[-1] == STOP_HORIZON  # past the junction

@@ -267,7 +267,7 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
     agents = np.zeros((len(idx), FUTURE + 1, MAX_AGENTS, 7), np.float32)
     mask = np.zeros((len(idx), FUTURE + 1, MAX_AGENTS), bool)
     lights = np.full((len(idx), FUTURE + 1), -1, np.int8)
-    texts_i, texts_r, texts_f, command, limit, stops = [], [], [], [], [], []
+    texts_i, texts_r, texts_f, command, limit, stop_distance, stop_control = [], [], [], [], [], [], []
     for row, i in enumerate(idx):
         ref = keys[i].ego
         for f in range(1, FUTURE + 1):
@@ -291,7 +291,8 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
         texts_f.append(json.dumps(sf.to_dict()))
         command.append(COMMANDS.index(keys[i].command))
         limit.append(keys[i].speed_limit)
-        stops.append((keys[i].stop_distance, keys[i].stop_control))
+        stop_distance.append(keys[i].stop_distance)
+        stop_control.append(keys[i].stop_control)
     return EpisodeRecord(
         family=family,
         seed=seed,
@@ -306,8 +307,8 @@ def _build_samples(family, seed, keys, facts, light_ahead, frames, rasters, rng,
         lights=lights,
         command=np.asarray(command, np.int8),
         speed_limit=np.asarray(limit, np.float32),
-        stop_distance=np.asarray([d for d, _ in stops], np.float32).reshape(-1),
-        stop_control=np.asarray([c for _, c in stops], np.int8).reshape(-1),
+        stop_distance=np.asarray(stop_distance, np.float32),
+        stop_control=np.asarray(stop_control, np.int8),
         instruction=texts_i,
         reasoning=texts_r,
         facts=texts_f,
