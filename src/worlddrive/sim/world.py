@@ -513,7 +513,6 @@ class World:
             road, nxt = r[tc.VAR_ROAD_ID], r[tc.VAR_NEXT_EDGE]
             intents.append(CROSS if "_c" in road or ("_c" in nxt and ("_w" in road or road == "")) else WAIT)
         walk = np.array([(*r[tc.VAR_POSITION], r[tc.VAR_ANGLE], r[tc.VAR_SPEED]) for r in walkers], np.float64)
-        stop_distance, stop_control = self.next_stop()
         walk = walk.reshape(-1, 4)
         walk[:, 2] = np.radians(90.0 - walk[:, 2])
         scripted = [(p.pos[0], p.pos[1], p.yaw, p.vel) for p in self.spec.scripted_pedestrians]
@@ -522,6 +521,7 @@ class World:
             intents.append(p.intent)
             pids.append(f"s{k}")
         net = self.net
+        stop_distance, stop_control = self.next_stop()
         return WorldState(
             t=round(self.t, 3),
             ego=self.ego.state.astype(np.float32),
