@@ -201,7 +201,7 @@ class World:
         self._yellow_done = False
         self._tls_ids = sorted({lg.tls_id for lg in self.net.lights})
         self._lane_last = {lane: k for k, lane in enumerate(self.route.lane)}  # lane id -> last route index on it
-        self._stop_lines()
+        self.light_line_s, self.sign_line_s, self._stop_s, self._stop_control = self._stop_lines()
         # What every WorldState of this world shares; read-only, so that no reader can change another's state.
         lights = self.net.lights
         self._static = {
@@ -448,24 +448,24 @@ class World:
                 return lg, line_s
         return None
 
-    def _stop_lines(self) -> None:
-        """Arc length of the stop line of each light and each stop / yield sign (-1: off the route, or a speed sign),
-        and the route's stop lines in order with their controls."""
+    def _stop_lines(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Arc length of the stop line of each light (L,) and each stop / yield sign (S,) (-1: off the route, or a
+        speed sign), and the route's stop lines in order (Q,) with their controls (Q,)."""
         net, route = self.net, self.route
-        self.light_line_s = np.array([self.lane_end_s(lg.lane_id) or -1.0 for lg in net.lights])  # (L,)
+        light_line_s = np.array([self.lane_end_s(lg.lane_id) or -1.0 for lg in net.lights])  # (L,)
         edge_end = {lane.rsplit("_", 1)[0]: float(s) for lane, s in zip(route.lane, route.s, strict=True)}
-        self.sign_line_s = np.array(
+        sign_line_s = np.array(
             [
                 edge_end.get(lane.rsplit("_", 1)[0], -1.0) if kind != SPEED_SIGN else -1.0
                 for lane, kind in zip(net.sign_lane, net.sign_kind, strict=True)
             ]
         )  # (S,)
-        lines = np.concatenate([self.light_line_s, self.sign_line_s])
+        lines = np.concatenate([light_line_s, sign_line_s])
         sign_control = np.where(np.asarray(net.sign_kind) == STOP_SIGN, STOP_CONTROL, YIELD_CONTROL)
-        controls = np.concatenate([np.full(len(self.light_line_s), LIGHT_CONTROL), sign_control])
+        controls = np.concatenate([np.full(len(light_line_s), LIGHT_CONTROL), sign_control])
         order = np.argsort(lines, kind="stable")
         on_route = order[lines[order] >= 0]
-        self._stop_s, self._stop_control = lines[on_route], controls[on_route]  # (Q,) ascending, (Q,)
+        return light_line_s, sign_line_s, lines[on_route], controls[on_route]
 
     def next_stop(self) -> tuple[float, int]:
         """The route's next stop line ahead of the ego's front bumper (1 m past it still counts): its distance along
