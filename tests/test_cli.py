@@ -33,6 +33,7 @@ def test_generate_validate_show(tmp_path, capsys):
     [
         (["generate", "--families", "moon", "--episodes", "1", "--out", "X"], "unknown family moon"),
         (["generate", "--families", "crosswalk", "--episodes", "0", "--out", "X"], "--episodes must be positive"),
+        (["generate", "--takeover-seconds", "3", "--out", "X"], "--takeover-seconds must look like A-B"),
         (["eval", "--families", "crosswalk", "--episodes", "0", "--out", "X"], "--episodes must be positive"),
         (["eval", "--policy", "nope", "--out", "X"], "--policy .nope.: no checkpoint there"),
         (["eval", "--seeds", "9-3", "--out", "X"], "empty or negative"),

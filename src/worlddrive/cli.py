@@ -51,6 +51,14 @@ def _seed_range(text: str) -> list[int]:
     return list(range(a, b + 1))
 
 
+def _seconds_range(text: str) -> tuple[float, float]:
+    try:
+        a, b = (float(x) for x in text.split("-"))
+    except ValueError:
+        raise SystemExit(f"error: --takeover-seconds must look like A-B (e.g. 3-8), got {text!r}") from None
+    return a, b
+
+
 def _writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -86,6 +94,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         episodes_per_shard=a.episodes_per_shard,
         perturb=a.perturb,
         takeover=a.takeover,
+        **({"takeover_seconds": _seconds_range(a.takeover_seconds)} if a.takeover_seconds else {}),
     )
     dt = time.time() - t0
     counts = info["counts"]
@@ -549,6 +558,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a policy (builtin or a RUN folder) that drives the bursts of perturbed episodes instead of noise: "
         "DAgger-style data, the states it leads to labelled by the expert's recovery",
+    )
+    g.add_argument(
+        "--takeover-seconds",
+        default=None,
+        help="A-B: each takeover burst lasts between A and B seconds (default 1-3); longer bursts reach the states "
+        "a slow drift leads to, e.g. a policy that loses speed on open road",
     )
     g.set_defaults(fn=cmd_generate)
 

@@ -48,7 +48,13 @@ def fake_record(seed: int, n_keys: int = 14, H: int = 16, W: int = 32, family: s
 
 
 def fake_record_episode(
-    family: str, seed: int, camera: object = None, bev: object = None, perturb: float = 0.0, takeover: object = None
+    family: str,
+    seed: int,
+    camera: object = None,
+    bev: object = None,
+    perturb: float = 0.0,
+    takeover: object = None,
+    takeover_seconds: tuple[float, float] = (1.0, 3.0),
 ) -> EpisodeRecord:
     """Drop-in for `record_episode`: episodes of 12-14 keyframes (2-4 samples) depending on the seed."""
     assert takeover is None or callable(takeover.act), "a takeover arrives as a driver, not as its name"

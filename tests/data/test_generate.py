@@ -160,6 +160,17 @@ def test_takeover_policy_and_its_weights_are_recorded_and_checked(tmp_path):
     assert rule_based["generator"]["takeover"] == {"policy": "idm"}
 
 
+def test_takeover_burst_lengths_are_recorded_and_checked(tmp_path):
+    info = make_dataset(tmp_path / "long", perturb=1.0, takeover="idm", takeover_seconds=(3.0, 8.0))
+    assert info["generator"]["takeover"] == {"policy": "idm", "seconds": [3.0, 8.0]}
+    with pytest.raises(ValueError, match="other recording settings"):  # a resume with other lengths
+        make_dataset(tmp_path / "long", perturb=1.0, takeover="idm", record_fn=_explode)
+    with pytest.raises(ValueError, match="give a takeover policy too"):
+        make_dataset(tmp_path / "noise", perturb=1.0, takeover_seconds=(3.0, 8.0))
+    with pytest.raises(ValueError, match="0 < A <= B"):
+        make_dataset(tmp_path / "bad", perturb=1.0, takeover="idm", takeover_seconds=(5.0, 2.0))
+
+
 def test_more_episodes_extend_a_single_family_run(tmp_path):
     make_dataset(tmp_path, families=("straight",), episodes=4)
     kept = _snapshot(tmp_path / "shards")

@@ -96,6 +96,19 @@ def test_takeover_policy_drives_its_bursts_after_seeing_a_second_before():
     # seen from after the burst, the past lies to the right (negative y)
 
 
+def test_takeover_bursts_last_as_long_as_asked():
+    def lengths(bursts: Takeover) -> np.ndarray:
+        edges = np.diff(bursts.active.astype(int))
+        starts, ends = np.nonzero(edges == 1)[0] + 1, np.nonzero(edges == -1)[0] + 1
+        return (ends - starts[: len(ends)]) * DT
+
+    default, long = lengths(Takeover(2, STEPS, _SwerveLeft())), lengths(Takeover(2, STEPS, _SwerveLeft(), (5.0, 8.0)))
+    assert len(default) and ((default > 0.95) & (default < 3.05)).all()
+    assert len(long) and ((long > 4.95) & (long < 8.05)).all()
+    with pytest.raises(ValueError, match="0 < A <= B"):
+        record_episode("straight", 1, perturb=1.0, takeover=_SwerveLeft(), takeover_seconds=(0.0, 2.0))
+
+
 def test_samples_carry_the_routes_next_stop_line():
     """Each sample's stop line is the map's at its keyframe: the first ones close in on the stop sign 0.5 s apart."""
     rec = record_episode("intersection_stop", 3)

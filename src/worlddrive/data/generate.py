@@ -24,7 +24,13 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from worlddrive.data.format import PARTIAL, SHARDS, open_shard, shard_paths, write_metadata, write_shard
-from worlddrive.data.record import EpisodeRecord, check_perturb, record_episode
+from worlddrive.data.record import (
+    TAKEOVER_LENGTH_S,
+    EpisodeRecord,
+    check_perturb,
+    check_takeover_seconds,
+    record_episode,
+)
 from worlddrive.parallel import run_jobs
 from worlddrive.sim.camera import BevConfig, CameraConfig
 from worlddrive.sim.scenarios import FAMILIES
@@ -44,6 +50,7 @@ class ShardJob:
     perturb: float = 0.0
     takeover: str | None = None  # a driver spec (builtin or a checkpoint) that drives the bursts instead of noise
     takeover_sha256: str = ""  # of its weights: a resume with other weights under the same path is refused
+    takeover_seconds: tuple[float, float] = TAKEOVER_LENGTH_S  # how long its bursts last, shortest and longest
     threads: int = 0  # torch threads of the takeover policy in each worker
 
     @property
@@ -56,6 +63,8 @@ class ShardJob:
             config["takeover"] = {"policy": self.takeover}
             if self.takeover_sha256:  # a rule-based driver has no weights
                 config["takeover"]["weights_sha256"] = self.takeover_sha256
+            if self.takeover_seconds != TAKEOVER_LENGTH_S:  # absent at the default, as in shards written before
+                config["takeover"]["seconds"] = list(self.takeover_seconds)
         return json.loads(json.dumps(config))
 
 
@@ -72,6 +81,7 @@ def run_job(job: ShardJob) -> tuple[int, int]:
         from worlddrive.eval.drivers import cached_driver
 
         kwargs["takeover"] = cached_driver(job.takeover, job.threads)
+        kwargs["takeover_seconds"] = job.takeover_seconds
     records = [job.record_fn(f, s, camera=job.camera, bev=job.bev, **kwargs) for f, s in job.episodes]
     attrs = write_shard(job.path, records, job.config)
     return len(records), sum(attrs["episode_samples"])
@@ -91,16 +101,21 @@ def generate(
     record_fn: RecordFn = record_episode,
     perturb: float = 0.0,
     takeover: str | None = None,
+    takeover_seconds: tuple[float, float] = TAKEOVER_LENGTH_S,
 ) -> dict[str, Any]:
     """Generate `episodes` episodes per family into `out`, or finish an interrupted run; returns info.json's dict.
 
     `perturb`: the share of episodes driven with noise bursts for recovery data (record.py); 0 records the expert
     as it drives. `takeover`: a learned policy (builtin or a checkpoint) that drives those bursts instead of noise
-    (DAgger-style data); its weights' hash is recorded.
+    (DAgger-style data); its weights' hash is recorded. `takeover_seconds`: how long its bursts last (shortest,
+    longest; longer ones reach the states where a policy's slow drift, e.g. in speed, has grown).
     `record_fn` stands in for `record_episode` in tests; it must be importable by the worker processes.
     """
     _check_args(families, episodes, workers, episodes_per_shard)
     check_perturb(perturb)
+    check_takeover_seconds(takeover_seconds)
+    if takeover_seconds != TAKEOVER_LENGTH_S and not takeover:
+        raise ValueError("takeover_seconds sets how long a takeover policy drives: give a takeover policy too")
     sha = _takeover_sha256(takeover, perturb)
     out = Path(out)
     _check_writable(out)
@@ -108,7 +123,16 @@ def generate(
     threads = max(1, (os.cpu_count() or 1) // workers) if takeover and not ray_address else 0
     jobs = [
         ShardJob(
-            out / SHARDS / f"shard_{i:05d}.zarr", eps, camera, bev, record_fn, float(perturb), takeover, sha, threads
+            out / SHARDS / f"shard_{i:05d}.zarr",
+            eps,
+            camera,
+            bev,
+            record_fn,
+            float(perturb),
+            takeover,
+            sha,
+            tuple(map(float, takeover_seconds)),
+            threads,
         )
         for i, eps in enumerate(plan(families, episodes, seed, episodes_per_shard))
     ]

@@ -53,7 +53,7 @@ COMMANDS = ("follow", "straight", "left", "right")
 # acceleration (m/s^2) offsets, drawn uniformly; the yaw-rate offset's sign is random
 BURST_FIRST_S, BURST_GAP_S, BURST_LENGTH_S = (1.0, 4.0), (5.0, 10.0), (0.5, 1.5)
 BURST_YAW_RATE, BURST_ACCEL = (0.05, 0.2), (-2.0, 1.0)
-TAKEOVER_LENGTH_S = (1.0, 3.0)  # a learned policy's bursts: longer, its mistakes grow slower than noise's
+TAKEOVER_LENGTH_S = (1.0, 3.0)  # a learned policy's bursts by default: longer, its mistakes grow slower than noise's
 
 
 @dataclass
@@ -92,14 +92,16 @@ def record_episode(
     family_config: dict | None = None,
     perturb: float = 0.0,
     takeover: Driver | None = None,
+    takeover_seconds: tuple[float, float] = TAKEOVER_LENGTH_S,
 ) -> EpisodeRecord:
     """Drive the expert through (family, seed) and collect every keyframe that has 4 s of future.
 
     With probability `perturb` (decided by the seed) the episode is driven with bursts of noise, or of the `takeover`
-    driver when given (see the module doc); it then ends at its first collision or red light, so that no sample
-    learns from a crash.
+    driver when given (see the module doc), for `takeover_seconds` (shortest, longest) each; it then ends at its first
+    collision or red light, so that no sample learns from a crash.
     """
     check_perturb(perturb)
+    check_takeover_seconds(takeover_seconds)
     fam = make_family(family, family_config)
     spec = fam.make(seed)
     world = World(spec)
@@ -111,7 +113,10 @@ def record_episode(
     bursts: Bursts | None = None
     if np.random.default_rng([seed, 17]).random() < perturb:
         wheelbase = world.ego.limits.wheelbase
-        bursts = NoiseBursts(seed, steps, wheelbase) if takeover is None else Takeover(seed, steps, takeover)
+        if takeover is None:
+            bursts = NoiseBursts(seed, steps, wheelbase)
+        else:
+            bursts = Takeover(seed, steps, takeover, takeover_seconds)
         bursts.reset(world)
     tracker = None
     if bursts is not None:
@@ -144,6 +149,12 @@ def record_episode(
 def check_perturb(perturb: float) -> None:
     if not 0.0 <= perturb <= 1.0:
         raise ValueError(f"perturb must be a probability within [0, 1], got {perturb}")
+
+
+def check_takeover_seconds(seconds: tuple[float, float]) -> None:
+    shortest, longest = seconds
+    if not 0 < shortest <= longest:
+        raise ValueError(f"takeover bursts last from A to B seconds, 0 < A <= B; got {shortest}-{longest}")
 
 
 def _bursts(rng: np.random.Generator, steps: int, length_s: tuple[float, float]) -> Iterator[slice]:
@@ -203,10 +214,10 @@ class Takeover(Bursts):
     """Bursts in which `driver` (a learned policy) drives. It also sees the 1 s before each burst, so that it starts
     with the frame history it drives with in closed loop."""
 
-    def __init__(self, seed: int, steps: int, driver: Driver):
+    def __init__(self, seed: int, steps: int, driver: Driver, length_s: tuple[float, float] = TAKEOVER_LENGTH_S):
         self.driver = driver
         self.active = np.zeros(steps + 1, bool)
-        for burst in _bursts(np.random.default_rng([seed, 23]), steps, TAKEOVER_LENGTH_S):
+        for burst in _bursts(np.random.default_rng([seed, 23]), steps, length_s):
             self.active[burst] = True
         warm = PAST * KEY_EVERY  # the policy's frame history, in sim steps
         self.observe = np.convolve(self.active, np.ones(warm + 1), "full")[warm:] > 0  # active now or within `warm`
