@@ -34,6 +34,8 @@ def test_generate_validate_show(tmp_path, capsys):
         (["generate", "--families", "moon", "--episodes", "1", "--out", "X"], "unknown family moon"),
         (["generate", "--families", "crosswalk", "--episodes", "0", "--out", "X"], "--episodes must be positive"),
         (["generate", "--takeover-seconds", "3", "--out", "X"], "--takeover-seconds must look like A-B"),
+        (["generate", "--family-config", "{ego_speed: 1}", "--out", "X"], "--family-config is not JSON"),
+        (["generate", "--family-config", "[1, 16]", "--out", "X"], "--family-config must be a JSON object"),
         (["eval", "--families", "crosswalk", "--episodes", "0", "--out", "X"], "--episodes must be positive"),
         (["eval", "--policy", "nope", "--out", "X"], "--policy .nope.: no checkpoint there"),
         (["eval", "--seeds", "9-3", "--out", "X"], "empty or negative"),

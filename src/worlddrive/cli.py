@@ -59,6 +59,16 @@ def _seconds_range(text: str) -> tuple[float, float]:
     return a, b
 
 
+def _json_object(option: str, text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"error: {option} is not JSON ({e}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"error: {option} must be a JSON object like '{{\"ego_speed\": [2, 16]}}', got {text!r}")
+    return value
+
+
 def _writable_dir(path: Path) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -95,6 +105,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
         perturb=a.perturb,
         takeover=a.takeover,
         **({"takeover_seconds": _seconds_range(a.takeover_seconds)} if a.takeover_seconds else {}),
+        family_config=_json_object("--family-config", a.family_config) if a.family_config else None,
     )
     dt = time.time() - t0
     counts = info["counts"]
@@ -564,6 +575,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="A-B: each takeover burst lasts between A and B seconds (default 1-3); longer bursts reach the states "
         "a slow drift leads to, e.g. a policy that loses speed on open road",
+    )
+    g.add_argument(
+        "--family-config",
+        default=None,
+        help="JSON overrides of every family's default config, e.g. '{\"ego_speed\": [2, 16]}' (initial speeds the "
+        "expert would not choose there, so that its recovery is in the data); recorded with the dataset",
     )
     g.set_defaults(fn=cmd_generate)
 

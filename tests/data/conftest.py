@@ -55,6 +55,7 @@ def fake_record_episode(
     perturb: float = 0.0,
     takeover: object = None,
     takeover_seconds: tuple[float, float] = (1.0, 3.0),
+    family_config: dict | None = None,
 ) -> EpisodeRecord:
     """Drop-in for `record_episode`: episodes of 12-14 keyframes (2-4 samples) depending on the seed."""
     assert takeover is None or callable(takeover.act), "a takeover arrives as a driver, not as its name"

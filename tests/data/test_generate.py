@@ -171,6 +171,29 @@ def test_takeover_burst_lengths_are_recorded_and_checked(tmp_path):
         make_dataset(tmp_path / "bad", perturb=1.0, takeover="idm", takeover_seconds=(5.0, 2.0))
 
 
+def test_family_overrides_are_recorded_passed_on_and_checked(tmp_path):
+    info = make_dataset(tmp_path / "fast", family_config={"ego_speed": [1, 16]})
+    assert info["generator"]["family_config"] == {"ego_speed": [1, 16]}
+    with pytest.raises(ValueError, match="other recording settings"):  # a resume without them
+        make_dataset(tmp_path / "fast", record_fn=_explode)
+    with pytest.raises(KeyError, match="unknown config keys for family 'straight': \\['ego_sped'\\]"):
+        make_dataset(tmp_path / "typo", family_config={"ego_sped": [1, 16]})
+    seen = []
+    generate(["straight"], 1, 5, tmp_path / "seen", progress=False, record_fn=_Spy(seen), family_config={"walkers": 0})
+    assert seen == [{"walkers": 0}]
+
+
+class _Spy:
+    """A record_fn that notes the family config it is given (in this process: workers=1)."""
+
+    def __init__(self, seen: list):
+        self.seen = seen
+
+    def __call__(self, family, seed, family_config=None, **kwargs):
+        self.seen.append(family_config)
+        return fake_record_episode(family, seed, **kwargs)
+
+
 def test_more_episodes_extend_a_single_family_run(tmp_path):
     make_dataset(tmp_path, families=("straight",), episodes=4)
     kept = _snapshot(tmp_path / "shards")

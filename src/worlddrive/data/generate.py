@@ -33,7 +33,7 @@ from worlddrive.data.record import (
 )
 from worlddrive.parallel import run_jobs
 from worlddrive.sim.camera import BevConfig, CameraConfig
-from worlddrive.sim.scenarios import FAMILIES
+from worlddrive.sim.scenarios import FAMILIES, make_family
 
 RecordFn = Callable[..., EpisodeRecord]  # (family, seed, camera=..., bev=..., perturb=...) -> EpisodeRecord
 
@@ -52,11 +52,14 @@ class ShardJob:
     takeover_sha256: str = ""  # of its weights: a resume with other weights under the same path is refused
     takeover_seconds: tuple[float, float] = TAKEOVER_LENGTH_S  # how long its bursts last, shortest and longest
     threads: int = 0  # torch threads of the takeover policy in each worker
+    family_config: dict[str, Any] | None = None  # overrides of every family's default_config, e.g. ego_speed
 
     @property
     def config(self) -> dict[str, Any]:
         """Recording settings as stored in shard attrs (JSON types, so a rerun compares equal)."""
         config: dict[str, Any] = {"camera": asdict(self.camera), "bev": asdict(self.bev)}
+        if self.family_config:  # absent when not given, so shards written before the option existed match
+            config["family_config"] = self.family_config
         if self.perturb:  # absent when 0, so shards written before the option existed still match their plan
             config["perturb"] = self.perturb
         if self.takeover:
@@ -77,6 +80,8 @@ def plan(families: list[str], episodes: int, seed: int, episodes_per_shard: int)
 def run_job(job: ShardJob) -> tuple[int, int]:
     """Record and write one shard; returns (episodes, samples)."""
     kwargs: dict[str, Any] = {"perturb": job.perturb} if job.perturb else {}
+    if job.family_config:
+        kwargs["family_config"] = job.family_config
     if job.takeover:
         from worlddrive.eval.drivers import cached_driver
 
@@ -102,16 +107,22 @@ def generate(
     perturb: float = 0.0,
     takeover: str | None = None,
     takeover_seconds: tuple[float, float] = TAKEOVER_LENGTH_S,
+    family_config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Generate `episodes` episodes per family into `out`, or finish an interrupted run; returns info.json's dict.
 
     `perturb`: the share of episodes driven with noise bursts for recovery data (record.py); 0 records the expert
     as it drives. `takeover`: a learned policy (builtin or a checkpoint) that drives those bursts instead of noise
     (DAgger-style data); its weights' hash is recorded. `takeover_seconds`: how long its bursts last (shortest,
-    longest; longer ones reach the states where a policy's slow drift, e.g. in speed, has grown).
+    longest; longer ones reach the states where a policy's slow drift, e.g. in speed, has grown). `family_config`:
+    overrides of every family's `default_config` (HighwayEnv-style), e.g. {"ego_speed": (2, 16)} starts episodes
+    at speeds the expert would not choose there, so that its recovery (braking for a junction it meets too fast,
+    pulling away from a crawl) is in the data.
     `record_fn` stands in for `record_episode` in tests; it must be importable by the worker processes.
     """
     _check_args(families, episodes, workers, episodes_per_shard)
+    for family in families:  # an unknown key fails here, naming it, not in a worker
+        make_family(family, family_config)
     check_perturb(perturb)
     check_takeover_seconds(takeover_seconds)
     if takeover_seconds != TAKEOVER_LENGTH_S and not takeover:
@@ -133,6 +144,7 @@ def generate(
             sha,
             tuple(map(float, takeover_seconds)),
             threads,
+            json.loads(json.dumps(family_config)) if family_config else None,
         )
         for i, eps in enumerate(plan(families, episodes, seed, episodes_per_shard))
     ]
