@@ -41,22 +41,20 @@ def _families(text: str) -> list[str]:
     return names
 
 
-def _seed_range(text: str) -> list[int]:
+def _pair(option: str, text: str, cast: type, example: str) -> tuple:
+    """An `A-B` option value as (A, B)."""
     try:
-        a, b = (int(x) for x in text.split("-"))
+        a, b = (cast(x) for x in text.split("-"))
     except ValueError:
-        raise SystemExit(f"error: --seeds must look like A-B (e.g. 1000000-1000099), got {text!r}") from None
+        raise SystemExit(f"error: {option} must look like A-B (e.g. {example}), got {text!r}") from None
+    return a, b
+
+
+def _seed_range(text: str) -> list[int]:
+    a, b = _pair("--seeds", text, int, "1000000-1000099")
     if b < a or a < 0:
         raise SystemExit(f"error: --seeds range {text!r} is empty or negative")
     return list(range(a, b + 1))
-
-
-def _seconds_range(text: str) -> tuple[float, float]:
-    try:
-        a, b = (float(x) for x in text.split("-"))
-    except ValueError:
-        raise SystemExit(f"error: --takeover-seconds must look like A-B (e.g. 3-8), got {text!r}") from None
-    return a, b
 
 
 def _json_object(option: str, text: str) -> dict:
@@ -89,6 +87,7 @@ def _result(**kv) -> None:
 
 def cmd_generate(a: argparse.Namespace) -> int:
     from worlddrive.data.generate import generate
+    from worlddrive.data.record import TAKEOVER_LENGTH_S
 
     if a.episodes <= 0:
         raise SystemExit(f"error: --episodes must be positive, got {a.episodes}")
@@ -104,7 +103,9 @@ def cmd_generate(a: argparse.Namespace) -> int:
         episodes_per_shard=a.episodes_per_shard,
         perturb=a.perturb,
         takeover=a.takeover,
-        **({"takeover_seconds": _seconds_range(a.takeover_seconds)} if a.takeover_seconds else {}),
+        takeover_seconds=_pair("--takeover-seconds", a.takeover_seconds, float, "3-8")
+        if a.takeover_seconds
+        else TAKEOVER_LENGTH_S,
         family_config=_json_object("--family-config", a.family_config) if a.family_config else None,
     )
     dt = time.time() - t0
