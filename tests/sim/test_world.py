@@ -9,7 +9,18 @@ from worlddrive.sim import network as nw
 from worlddrive.sim.expert import Expert
 from worlddrive.sim.route import build_route
 from worlddrive.sim.scenarios import FAMILIES, TRAIN_FAMILIES, make_family, make_spec
-from worlddrive.sim.state import CROSS, EGO_SPEED, EGO_STEER, NO_CONTROL, STOP_CONTROL, STOP_HORIZON, WAIT
+from worlddrive.sim.state import (
+    CROSS,
+    EGO_SPEED,
+    EGO_STEER,
+    NO_CONTROL,
+    STOP_CONTROL,
+    STOP_HORIZON,
+    STOP_REST_REACH,
+    STOP_REST_SPEED,
+    STOP_WAIT_S,
+    WAIT,
+)
 from worlddrive.sim.vehicle import DT, KinematicBicycle, TrajectoryController
 from worlddrive.sim.world import INSERT_CLEARANCE, World
 
@@ -103,6 +114,31 @@ def test_the_state_names_the_routes_next_stop_line():
     assert seen[0][1] == STOP_CONTROL and np.all(np.diff(approach) <= 1e-6)  # one line, nearer each step
     assert rest is not None and -1.0 <= rest < 4.0
     assert seen[-1] == (STOP_HORIZON, NO_CONTROL)  # past the junction no other line follows on this route
+
+
+def test_a_stop_sign_is_served_after_the_wait_and_not_before():
+    """The line drops out STOP_WAIT_S after the ego came to rest within reach, while it still stands before it: the
+    expert's own rule, so the expert goes on when the line goes. Driven through without a stop, it stays to the end."""
+    w = World(make_spec("intersection_stop", 3))
+    s, expert = w.reset(), Expert(w)
+    rest_t = served_t = None
+    for _ in range(150):
+        out = expert.act(s)
+        s = w.step(out.accel, out.steer)
+        standing = s.ego[EGO_SPEED] < STOP_REST_SPEED
+        if rest_t is None and standing and s.stop_control == STOP_CONTROL and s.stop_distance < STOP_REST_REACH:
+            rest_t = s.t
+        if rest_t is not None and s.stop_control == NO_CONTROL:
+            served_t = s.t
+            assert standing  # still before the line: it went because it was served, not passed
+            break
+    assert rest_t is not None and served_t == pytest.approx(rest_t + STOP_WAIT_S, abs=0.11)
+    s, last = w.reset(), None  # coasting through at the start speed (about 10 m/s): never at rest, never served
+    while s.stop_control == STOP_CONTROL:
+        last = s.stop_distance
+        s = w.step(0.0, 0.0)
+    assert s.ego[EGO_SPEED] > 5.0 and last is not None and -1.0 <= last < 0.5
+    w.close()
 
 
 def test_sumo_inserts_no_car_on_or_next_to_the_ego():

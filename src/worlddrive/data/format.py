@@ -42,7 +42,7 @@ from worlddrive.fileio import write_json_atomic
 from worlddrive.sim.state import CONTROL_NAMES, EGO_SPEED, LIGHT_NAMES, STOP_HORIZON
 from worlddrive.sim.vehicle import DT
 
-SCHEMA_VERSION = "2"  # 2: stop_distance, stop_control
+SCHEMA_VERSION = "3"  # 2: stop_distance, stop_control; 3: a served stop sign's line no longer reported
 SHARDS = "shards"  # sub-folder of the dataset holding the shards
 PARTIAL = ".partial"  # suffix of a shard still being written
 SIM_HZ = round(1 / DT)

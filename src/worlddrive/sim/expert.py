@@ -27,7 +27,10 @@ from worlddrive.sim.state import (
     LIGHT_NAMES,
     PARKED,
     RED,
+    STOP_REST_REACH,
+    STOP_REST_SPEED,
     STOP_SIGN,
+    STOP_WAIT_S,
     YELLOW,
     WorldState,
     box_corners,
@@ -43,7 +46,6 @@ SQRT_AB = np.sqrt(A_MAX * B_COMF)  # IDM's sqrt(a b), once (a NumPy scalar, as i
 MAX_LAT_ACC = 2.2  # m/s^2 in curves: comfortable and inside NAVSIM's comfort bounds
 STEER_WINDOW, MIN_BEND_SPEED = 7, 2.0  # path points (3 m) over which the steering a bend needs is averaged; m/s
 JERK = 6.0  # m/s^3 limit on planned acceleration changes (NAVSIM bound: 8.37)
-STOP_WAIT_S = 1.0  # full stop at a stop sign before going on
 PROJECT_STRIDE = 8  # coarse step of the nearest-point search along the route window
 START_ACCEL = 2.0  # m/s^2 assumed for a slow car that is pulling away
 WAIT_BREAK_S = 4.0  # s at a standstill after which standing cross traffic is assumed to wait for us
@@ -479,7 +481,7 @@ class Expert:
             facts["sign"], facts["sign_distance"] = ("stop" if kind == STOP_SIGN else "yield"), round(line - front, 1)
             priority = False
             if kind == STOP_SIGN:
-                if k not in self.stopped_at and v < 0.3 and line - front < 4.0:
+                if k not in self.stopped_at and v < STOP_REST_SPEED and line - front < STOP_REST_REACH:
                     self.stopped_at[int(k)] = state.t
                 served = k in self.stopped_at and state.t - self.stopped_at[int(k)] >= STOP_WAIT_S
                 if not served:

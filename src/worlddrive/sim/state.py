@@ -26,6 +26,9 @@ SIGN_NAMES = ("stop", "yield", "speed limit")
 NO_CONTROL, LIGHT_CONTROL, STOP_CONTROL, YIELD_CONTROL = 0, 1, 2, 3
 CONTROL_NAMES = ("none", "light", "stop", "yield")
 STOP_HORIZON = 100.0  # m: a stop line farther ahead than this is reported as none
+# A stop sign is served once the ego has come to rest (below STOP_REST_SPEED, its front within STOP_REST_REACH of the
+# line) and STOP_WAIT_S have passed: the expert's rule, and what the world reports (the line is then no longer next).
+STOP_REST_SPEED, STOP_REST_REACH, STOP_WAIT_S = 0.3, 4.0, 1.0  # m/s, m, s
 
 # Lane-marking kinds.
 DASHED_WHITE, SOLID_WHITE, SOLID_YELLOW = 0, 1, 2

@@ -30,7 +30,10 @@ from worlddrive.sim.state import (
     SPEED_SIGN,
     STOP_CONTROL,
     STOP_HORIZON,
+    STOP_REST_REACH,
+    STOP_REST_SPEED,
     STOP_SIGN,
+    STOP_WAIT_S,
     TRUCK,
     WAIT,
     YELLOW,
@@ -202,6 +205,7 @@ class World:
         self._tls_ids = sorted({lg.tls_id for lg in self.net.lights})
         self._lane_last = {lane: k for k, lane in enumerate(self.route.lane)}  # lane id -> last route index on it
         self.light_line_s, self.sign_line_s, self._stop_s, self._stop_control = self._stop_lines()
+        self._rest_at: dict[int, float] = {}  # route stop line (stop sign) -> time the ego came to rest before it
         # What every WorldState of this world shares; read-only, so that no reader can change another's state.
         lights = self.net.lights
         self._static = {
@@ -250,6 +254,7 @@ class World:
         _active = self
         self.t = 0.0
         self._held.clear()
+        self._rest_at.clear()
         self._yellow_done = False
         spec = self.spec
         i0 = int(np.searchsorted(self.route.s, spec.ego_start_s))
@@ -307,6 +312,7 @@ class World:
         self.ego.step(accel, steer)
         self.t += DT
         self._update_progress()
+        self._serve_stop()
         for ped in self.spec.scripted_pedestrians:
             ped.step(self.ego_s, DT)
         self._rude_behaviour()
@@ -467,11 +473,33 @@ class World:
         on_route = order[lines[order] >= 0]
         return light_line_s, sign_line_s, lines[on_route], controls[on_route]
 
+    def _next_stop_index(self) -> int:
+        """Index of the route's next stop line ahead of the ego's front bumper (1 m past it still counts) that is not
+        a served stop sign; len(self._stop_s) when none is left."""
+        k = int(np.searchsorted(self._stop_s, self._ego_front_s() - 1.0, side="right"))
+        while k < len(self._stop_s) and self._served(k):
+            k += 1
+        return k
+
+    def _served(self, k: int) -> bool:
+        return k in self._rest_at and round(self.t, 3) - self._rest_at[k] >= STOP_WAIT_S
+
+    def _serve_stop(self) -> None:
+        """Note when the ego comes to rest before its next stop sign: STOP_WAIT_S later the sign is served and
+        `next_stop` moves on to the line after it. A car knows this from its own odometry; reported with the stop
+        line, it lets a policy without memory tell "wait here" from "waited, go"."""
+        k = self._next_stop_index()
+        if k == len(self._stop_s) or self._stop_control[k] != STOP_CONTROL or k in self._rest_at:
+            return
+        if self.ego.state[EGO_SPEED] < STOP_REST_SPEED and self._stop_s[k] - self._ego_front_s() < STOP_REST_REACH:
+            self._rest_at[k] = round(self.t, 3)  # rounded like WorldState.t, which the expert's own clock reads
+
     def next_stop(self) -> tuple[float, int]:
-        """The route's next stop line ahead of the ego's front bumper (1 m past it still counts): its distance along
-        the route and its control, or (STOP_HORIZON, NO_CONTROL) when none is that near."""
+        """The route's next stop line ahead of the ego's front bumper (1 m past it still counts; a served stop sign's
+        does not): its distance along the route and its control, or (STOP_HORIZON, NO_CONTROL) when none is that
+        near."""
         front = self._ego_front_s()
-        k = int(np.searchsorted(self._stop_s, front - 1.0, side="right"))
+        k = self._next_stop_index()
         if k == len(self._stop_s) or self._stop_s[k] - front > STOP_HORIZON:
             return STOP_HORIZON, NO_CONTROL
         return float(self._stop_s[k] - front), int(self._stop_control[k])
