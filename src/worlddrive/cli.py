@@ -593,7 +593,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_dataset)
 
     v = sub.add_parser("drive", help="drive one episode and write a GIF (camera, BEV, plan, reasoning)")
-    v.add_argument("--policy", default="expert", help="expert, idm, constant-velocity, builtin, or a RUN folder")
+    v.add_argument(
+        "--policy",
+        default="expert",
+        help="expert, idm, constant-velocity, builtin, or a RUN folder (RUN@PACE: at another pace)",
+    )
     v.add_argument("--family", default="urban_mixed")
     v.add_argument("--seed", type=int, default=3)
     v.add_argument("--out", default="drive.gif")
@@ -605,7 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--policy",
         default="builtin",
-        help="comma-separated: builtin, RUN folders, constant-velocity, idm (the expert always drives too)",
+        help="comma-separated: builtin, RUN folders (RUN@PACE: at another pace), constant-velocity, idm (the expert "
+        "always drives too)",
     )
     e.add_argument("--families", default=DEMO_FAMILIES + ",heldout_city")
     e.add_argument("--episodes", type=int, default=20)

@@ -49,6 +49,15 @@ def test_policy_spec_without_checkpoint_is_named(tmp_path):
         make_driver(str(tmp_path / "missing"))
 
 
+def test_a_policy_at_another_pace_is_named_so_and_a_bad_pace_is_refused():
+    driver = make_driver("builtin@path")
+    assert driver.name == "builtin@path" and driver.policy.config.pace == "path"
+    assert make_driver("builtin").policy.config.pace == "cautious"  # the checkpoint's own
+    assert policy_dir("builtin@path") == policy_dir("builtin")
+    with pytest.raises(ValueError, match=r"driven at pace 'fast'.*PolicyConfig\.pace"):
+        make_driver("builtin@fast")
+
+
 def _straight_plan(speed: float) -> np.ndarray:
     plan = np.zeros((8, 3), np.float32)
     plan[:, 0] = speed * 0.5 * np.arange(1, 9)

@@ -146,8 +146,17 @@ def shift_plan(traj: np.ndarray, planned_at: np.ndarray, ego: np.ndarray, elapse
     return out
 
 
+def split_pace(spec: str) -> tuple[str, str | None]:
+    """A --policy value `CHECKPOINT@PACE` -> (CHECKPOINT, PACE): that checkpoint driven at another pace than its
+    config's (PolicyConfig.pace, e.g. `runs/x@cautious`); without an @: (spec, None)."""
+    checkpoint, at, pace = spec.rpartition("@")
+    return (checkpoint, pace) if at else (spec, None)
+
+
 def policy_dir(spec: str) -> Path:
-    """The checkpoint folder a --policy value names: `builtin`, a training RUN folder, or a checkpoint folder."""
+    """The checkpoint folder a --policy value names: `builtin`, a training RUN folder, or a checkpoint folder (an
+    @PACE suffix is not part of it)."""
+    spec = split_pace(spec)[0]
     if spec == "builtin":
         path = BUILTIN
     else:
@@ -171,11 +180,24 @@ def make_driver(spec: str, reason_every: int = 0, plan: bool = False, replan_eve
         return IdmDriver(plan=plan)
     if spec == "constant-velocity":
         return ConstantVelocityDriver()
+    return PolicyDriver(load_policy(spec), driver_name(spec), reason_every, replan_every)
+
+
+def load_policy(spec: str):
+    """The WorldDrivePolicy a --policy value names, at its @PACE if it has one."""
     from worlddrive.models import WorldDrivePolicy  # torch is imported only when a learned policy drives
 
-    path = policy_dir(spec)
-    name = "builtin" if spec == "builtin" else path.parent.name if path.name == "policy" else path.name
-    return PolicyDriver(WorldDrivePolicy.from_pretrained(path), name, reason_every, replan_every)
+    return WorldDrivePolicy.from_pretrained(policy_dir(spec), pace=split_pace(spec)[1])
+
+
+def driver_name(spec: str) -> str:
+    """A short, unique-enough label for tables: the baseline's name, builtin, or the run folder's name (+ @PACE)."""
+    if spec in BASELINES:
+        return spec
+    checkpoint, pace = split_pace(spec)
+    path = policy_dir(checkpoint)
+    name = "builtin" if checkpoint == "builtin" else path.parent.name if path.name == "policy" else path.name
+    return f"{name}@{pace}" if pace else name
 
 
 _cache: dict[tuple[str, int], Driver] = {}  # per worker process: a policy is loaded once, not once per episode

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from worlddrive.eval.closed_loop import EpisodeJob, EpisodeResult, family_table, run_episodes
-from worlddrive.eval.drivers import BASELINES, REPLAN_EVERY, check_replan_every, policy_dir
+from worlddrive.eval.drivers import BASELINES, REPLAN_EVERY, check_replan_every, driver_name, load_policy
 from worlddrive.eval.rollout import RolloutJob, render_rollout
 from worlddrive.fileio import write_json_atomic
 from worlddrive.parallel import run_jobs
@@ -39,14 +39,6 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_replan_every(self.replan_every)
-
-
-def driver_name(spec: str) -> str:
-    """A short, unique-enough label for tables: the baseline's name, builtin, or the run folder's name."""
-    if spec in BASELINES or spec == "builtin":
-        return spec
-    path = policy_dir(spec)
-    return path.parent.name if path.name == "policy" else path.name
 
 
 def evaluate(
@@ -169,7 +161,6 @@ def _record_line(spec: str, replan_every: int, r: EpisodeResult) -> str:
 def _open_loop(cfg: EvalConfig, specs: list[str], names: dict[str, str], summary: dict) -> None:
     from worlddrive.data.dataset import WorldDriveDataset
     from worlddrive.eval.open_loop import open_loop_metrics
-    from worlddrive.models import WorldDrivePolicy
 
     val = WorldDriveDataset(cfg.data, "val")
     if not len(val):
@@ -177,7 +168,7 @@ def _open_loop(cfg: EvalConfig, specs: list[str], names: dict[str, str], summary
         return
     for spec in specs:
         if spec not in BASELINES:
-            policy = WorldDrivePolicy.from_pretrained(policy_dir(spec))
+            policy = load_policy(spec)
             summary["policies"][names[spec]]["open_loop"] = open_loop_metrics(policy, val, cfg.open_loop_samples)
 
 

@@ -452,17 +452,22 @@ class WorldDrivePolicy(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, world_model: nn.Module | None = None) -> WorldDrivePolicy:
+    def from_pretrained(
+        cls, directory: str | Path, world_model: nn.Module | None = None, pace: str | None = None
+    ) -> WorldDrivePolicy:
         """A saved policy, in eval mode on its config's device. Errors name the missing file, the config keys or the
-        tensors that do not match. `world_model` as in `__init__` (its weights are loaded from the checkpoint)."""
+        tensors that do not match. `world_model` as in `__init__` (its weights are loaded from the checkpoint);
+        `pace` replaces the config's (PolicyConfig.pace: it does not shape the weights)."""
         directory = Path(directory)
         for name in CHECKPOINT_FILES:
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"checkpoint {directory} has no {name}")
         try:
-            config = PolicyConfig.from_dict(_read_json(directory / CONFIG_FILE))
+            saved = _read_json(directory / CONFIG_FILE)
+            config = PolicyConfig.from_dict(saved if pace is None else {**saved, "pace": pace})
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{directory / CONFIG_FILE}: {e}") from e
+            asked = "" if pace is None else f" driven at pace {pace!r}"
+            raise ValueError(f"{directory / CONFIG_FILE}{asked}: {e}") from e
         backbone_config = None
         if config.hf_source is not None:
             backbone_config = directory / BACKBONE_FILE
