@@ -49,6 +49,14 @@ def test_stop_layout_has_stop_signs_on_its_lines():
     assert any(0 in k for k in kinds)  # STOP_SIGN
 
 
+def test_junction_families_start_as_far_from_the_junction_as_configured():
+    for family in ("intersection_signal", "intersection_stop", "yellow_light"):
+        for seed in range(3):
+            default, near = make_spec(family, seed), make_spec(family, seed, {"junction_gap": (5.0, 10.0)})
+            assert 45.0 <= default.route.turn_s[0] - default.ego_start_s <= 80.0
+            assert 5.0 <= near.route.turn_s[0] - near.ego_start_s <= 10.0
+
+
 def test_route_turns_and_commands():
     net = make_family("intersection_signal").network(0)
     left = build_route(net, ["w_c", "c_n"])

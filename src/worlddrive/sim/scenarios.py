@@ -234,7 +234,9 @@ class IntersectionSignal(Family):
 
     @classmethod
     def default_config(cls) -> dict[str, Any]:
-        return {**super().default_config(), "walkers": 14, "red_runner_prob": 0.08}
+        # junction_gap: metres from the ego's start to the junction (a short one with a low ego_speed starts the
+        # car slow near the stop line, a state a cloned policy reaches by braking too early)
+        return {**super().default_config(), "walkers": 14, "red_runner_prob": 0.08, "junction_gap": (45.0, 80.0)}
 
     def layout(self, rng):
         return nw.cross4(rng, self.junction)
@@ -246,7 +248,8 @@ class IntersectionSignal(Family):
     def populate(self, net, rng, seed):
         route = self.ego_route(net, rng)
         junction_s = float(route.turn_s[0])
-        spec = self.base_spec(net, route, rng, seed, start_s=max(junction_s - rng.uniform(45, 80), 0.0))
+        gap = rng.uniform(*self.config["junction_gap"])
+        spec = self.base_spec(net, route, rng, seed, start_s=max(junction_s - gap, 0.0))
         if rng.random() < self.config.get("red_runner_prob", 0.0):
             runner = [t for t in range(len(spec.traffic)) if spec.traffic[t].edges[0] in ("s_c", "n_c")]
             if runner:
