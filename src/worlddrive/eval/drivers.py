@@ -8,7 +8,7 @@ A driver has `reset(world)` and `act(state) -> ExpertOutput` (controls, the traj
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from worlddrive.sim.expert import Expert, ExpertOutput
 from worlddrive.sim.state import EGO_SPEED, EGO_YAW, WorldState, to_ego_frame, to_world_frame, wrap_angle
 from worlddrive.sim.vehicle import DT, N_WAYPOINTS, WAYPOINT_DT, TrajectoryController
 from worlddrive.sim.world import World
+
+if TYPE_CHECKING:
+    from worlddrive.models import WorldDrivePolicy
 
 BASELINES = ("expert", "constant-velocity", "idm")
 # A learned policy's network runs every 5 env steps (2 Hz, the rate of the keyframes it is trained on) and its plan
@@ -183,7 +186,7 @@ def make_driver(spec: str, reason_every: int = 0, plan: bool = False, replan_eve
     return PolicyDriver(load_policy(spec), driver_name(spec), reason_every, replan_every)
 
 
-def load_policy(spec: str):
+def load_policy(spec: str) -> WorldDrivePolicy:
     """The WorldDrivePolicy a --policy value names, at its @PACE if it has one."""
     from worlddrive.models import WorldDrivePolicy  # torch is imported only when a learned policy drives
 
