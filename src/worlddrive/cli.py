@@ -286,7 +286,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.train_only and not (a.init or (out / "policy").exists()):
         raise SystemExit(f"error: --train-only {a.train_only} trains a head over a trained policy: give --init CKPT")
     fields = WorldDriveDataset.fields_for(a.wm.split(","))  # action-only skips future frames and BEV rasters
-    roots = [d for d in a.data.split(",") if d]
+    roots = _data_roots(a.data)
     # the lateral head alone reads no future frames or BEV (the val split keeps them for the open-loop metrics)
     train_fields = WorldDriveDataset.fields_for(()) if a.train_only == "lateral" else fields
     train_ds = _union(roots, "train", train_fields, a.data_fraction, a.seed)
@@ -323,9 +323,9 @@ def cmd_train(a: argparse.Namespace) -> int:
         if a.init:
             policy = _fine_tuned(a.init, config, a.seed)
         else:
-            tokenizer = train_tokenizer(corpus(Path(roots[0])), config.vocab_size)
+            tokenizer = train_tokenizer(corpus(Path(roots[0][0])), config.vocab_size)
             torch.manual_seed(a.seed)  # the initial weights, the world model's included, come from the seed too
-            policy = WorldDrivePolicy(config, tokenizer, load_stats(Path(roots[0])), _world_model(a, config))
+            policy = WorldDrivePolicy(config, tokenizer, load_stats(Path(roots[0][0])), _world_model(a, config))
         policy.save_pretrained(saved)
     policy.train()
     torch.manual_seed(a.seed)
@@ -371,22 +371,36 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
-def _union(roots: list[str], split: str, fields, fraction: float, seed: int):
-    """The split of one dataset folder or the union of several; `fraction` < 1 keeps a seeded choice of whole
-    episodes of each (the same for every variant of an ablation)."""
+def _data_roots(text: str) -> list[tuple[str, int]]:
+    """--data's folders with how often each counts in the training split: `DIR*K` draws DIR's samples K times (a
+    small DAgger set weighed up among large expert sets); the val split counts each folder once."""
+    roots = []
+    for item in (d.strip() for d in text.split(",") if d.strip()):
+        root, _, times = item.rpartition("*") if "*" in item else (item, "", "1")
+        if not (times.isdigit() and int(times) >= 1 and root):
+            raise SystemExit(f"error: --data {item!r}: a folder, or FOLDER*K with a whole number K >= 1")
+        roots.append((root, int(times)))
+    if not roots:
+        raise SystemExit("error: --data names no dataset folder")
+    return roots
+
+
+def _union(roots: list[tuple[str, int]], split: str, fields, fraction: float, seed: int):
+    """The split of one dataset folder or the union of several (each (folder, times): the train split `times` over);
+    `fraction` < 1 keeps a seeded choice of whole episodes of each (the same for every variant of an ablation)."""
     import numpy as np
     from torch.utils.data import ConcatDataset, Subset
 
     from worlddrive.data.dataset import WorldDriveDataset
 
     parts = []
-    for root in roots:
+    for root, times in roots:
         ds = WorldDriveDataset(root, split, fields=fields)
         if fraction < 1 and split == "train":
             keep = np.random.default_rng(seed).permutation(len(ds.episodes))
             keep = keep[: max(1, round(fraction * len(keep)))]
             ds = Subset(ds, np.nonzero(np.isin(ds.item_episode, keep))[0].tolist())
-        parts.append(ds)
+        parts += [ds] * (times if split == "train" else 1)
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
@@ -629,7 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--data",
         required=True,
         help="dataset folder(s), comma separated: trained on their union (a new policy takes its normalisation "
-        "stats and tokenizer from the first)",
+        "stats and tokenizer from the first); FOLDER*K draws that folder's training samples K times",
     )
     t.add_argument("--out", required=True)
     t.add_argument(
