@@ -313,6 +313,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "lateral_head",
             "speed_limit_input",
             "stop_line_input",
+            "plan_residual",
         )
         for name in optional:  # not given: the preset's
             if getattr(a, name) is not None:
@@ -687,6 +688,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="feed the route's next stop line from the map (distance along the route; light, stop or yield) beside "
         "speed and acceleration; the light's colour stays the camera's. Default: the preset's (off)",
+    )
+    t.add_argument(
+        "--plan-residual",
+        action=argparse.BooleanOptionalAction,
+        help="learn the plan as its difference from driving straight on at the current speed, in units of that "
+        "difference's spread, so braking and speeding up weigh in the loss (needs data generated since session 16); "
+        "default: the preset's (off)",
     )
     t.add_argument(
         "--train-only",

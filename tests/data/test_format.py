@@ -98,6 +98,9 @@ def test_info_and_stats(tmp_path):
     np.testing.assert_allclose(stats["trajectory"]["max"], traj.max(0))
     speed = np.concatenate([r.ego[:, 3] for r in records]).astype(np.float64)
     np.testing.assert_allclose(stats["ego_speed"]["mean"], speed.mean(), rtol=1e-9)
+    residual = traj - np.stack([speed[:, None] * 0.5 * np.arange(1, 9), 0 * traj[..., 1], 0 * traj[..., 2]], -1)
+    np.testing.assert_allclose(stats["trajectory_residual"]["mean"], residual.mean(0), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(stats["trajectory_residual"]["std"], residual.std(0), rtol=1e-5, atol=1e-5)
     assert np.shape(stats["past_trajectory"]["min"]) == (2, 3)
 
 

@@ -6,7 +6,7 @@ import torch
 
 from worlddrive.models import WorldDrivePolicy
 from worlddrive.models.lateral import along_path
-from worlddrive.sim.state import EGO_STEER, EGO_YAW_RATE
+from worlddrive.sim.state import EGO_SPEED, EGO_STEER, EGO_YAW_RATE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -26,8 +26,9 @@ def test_the_path_never_sees_the_ego_history_and_the_action_expert_says_how_far(
     batch = policy.collate(items[:4])
     moved = {**batch, "past_trajectory": batch["past_trajectory"] + 3.0, "ego": batch["ego"].clone()}
     moved["ego"][:, EGO_STEER : EGO_YAW_RATE + 1] += 0.3
-    path = policy.denormalise(policy._lateral(batch))  # (B, W, 3)
-    torch.testing.assert_close(policy.denormalise(policy._lateral(moved)), path)
+    speed = batch["ego"][:, EGO_SPEED]
+    path = policy.denormalise(policy._lateral(batch), speed)  # (B, W, 3)
+    torch.testing.assert_close(policy.denormalise(policy._lateral(moved), speed), path)
     plan = policy.predict_trajectory(batch)
     head, policy.lateral = policy.lateral, None
     own = policy.predict_trajectory(batch)  # the action expert's plan alone

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from worlddrive.models import WorldDrivePolicy
+from worlddrive.models import PolicyConfig, WorldDrivePolicy
 from worlddrive.models.policy import CHECKPOINT_FILES, CONFIG_FILE, MODEL_FILE
-from worlddrive.sim.state import EGO_STEER, STOP_CONTROL, STOP_HORIZON
+from worlddrive.sim.state import EGO_SPEED, EGO_STEER, STOP_CONTROL, STOP_HORIZON
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,6 +35,30 @@ def test_shapes(make_policy, items: list) -> None:
     h, w = policy.config.grid
     assert policy.visual_grid(hidden).shape == (2, h, w, policy.config.d_model)
     assert policy.predict_trajectory(batch, num_samples=3).shape == (2, 3, 8, 3)
+
+
+def test_a_residual_plan_is_learned_against_driving_on(make_policy, overfit, items: list) -> None:
+    policy = make_policy(plan_residual=True)
+    batch = policy.collate(items)
+    speed = batch["ego"][:, EGO_SPEED]  # (B,)
+    driving_on = torch.zeros_like(batch["trajectory"])
+    driving_on[..., 0] = speed[:, None] * 0.5 * torch.arange(1, 9)
+    # driving on at any speed is one and the same target: the residual's mean, -mean / std in its units
+    torch.testing.assert_close(
+        policy.normalise(driving_on, speed),
+        (-policy.trajectory_mean / policy.trajectory_std).expand(len(speed), -1, -1),
+    )
+    torch.testing.assert_close(
+        policy.denormalise(policy.normalise(batch["trajectory"], speed), speed), batch["trajectory"]
+    )
+    losses = overfit(policy, batch, 60)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_a_residual_plan_needs_the_datasets_residual_stats(tokenizer, dataset) -> None:
+    stats = {k: v for k, v in dataset.stats.items() if k != "trajectory_residual"}
+    with pytest.raises(ValueError, match=r"trajectory_residual stats .* generate the first --data folder again"):
+        WorldDrivePolicy(PolicyConfig.preset("tiny", plan_residual=True), tokenizer, stats)
 
 
 @pytest.mark.parametrize("field", ["trajectory", "ego", "past_trajectory"])

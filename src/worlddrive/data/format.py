@@ -40,7 +40,7 @@ from zarr.codecs import ZstdCodec
 from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MAX_AGENTS, PAST, EpisodeRecord
 from worlddrive.fileio import write_json_atomic
 from worlddrive.sim.state import CONTROL_NAMES, EGO_SPEED, LIGHT_NAMES, STOP_HORIZON
-from worlddrive.sim.vehicle import DT
+from worlddrive.sim.vehicle import DT, WAYPOINT_TIMES
 
 SCHEMA_VERSION = "3"  # 2: stop_distance, stop_control; 3: a served stop sign's line no longer reported
 SHARDS = "shards"  # sub-folder of the dataset holding the shards
@@ -62,7 +62,8 @@ LABEL_FIELDS = (
     "stop_distance",
     "stop_control",
 )
-STAT_FIELDS = ("trajectory", "past_trajectory", "ego_speed")
+# trajectory_residual: the trajectory minus driving straight on at the current speed (PolicyConfig.plan_residual)
+STAT_FIELDS = ("trajectory", "trajectory_residual", "past_trajectory", "ego_speed")
 FRAMES_PER_CHUNK = 4  # vs 1: writes 3x faster, reads a sample's window 2x faster, 3x smaller (measured)
 _ZSTD = ZstdCodec(level=1, checksum=True)
 
@@ -172,10 +173,14 @@ def _write_array(group: zarr.Group, name: str, field: Field, data: np.ndarray) -
 
 
 def _stat_values(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    speed = arrays["ego"][:, EGO_SPEED]  # (Ns,)
+    residual = arrays["trajectory"].copy()  # (Ns, W, 3)
+    residual[..., 0] -= speed[:, None] * WAYPOINT_TIMES  # minus driving straight on at the current speed
     return {
         "trajectory": arrays["trajectory"],
+        "trajectory_residual": residual,
         "past_trajectory": arrays["past_trajectory"],
-        "ego_speed": arrays["ego"][:, EGO_SPEED],
+        "ego_speed": speed,
     }
 
 

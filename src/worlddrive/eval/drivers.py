@@ -17,7 +17,7 @@ from worlddrive.sim.camera import FrontCamera
 from worlddrive.sim.env import Observer
 from worlddrive.sim.expert import Expert, ExpertOutput
 from worlddrive.sim.state import EGO_SPEED, EGO_YAW, WorldState, to_ego_frame, to_world_frame, wrap_angle
-from worlddrive.sim.vehicle import DT, N_WAYPOINTS, WAYPOINT_DT, TrajectoryController
+from worlddrive.sim.vehicle import DT, N_WAYPOINTS, WAYPOINT_DT, WAYPOINT_TIMES, TrajectoryController
 from worlddrive.sim.world import World
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class ConstantVelocityDriver:
     def act(self, state: WorldState) -> ExpertOutput:
         v = float(state.ego[EGO_SPEED])
         traj = np.zeros((N_WAYPOINTS, 3), np.float32)
-        traj[:, 0] = v * WAYPOINT_DT * np.arange(1, N_WAYPOINTS + 1)
+        traj[:, 0] = v * WAYPOINT_TIMES
         return ExpertOutput(*self.controller(traj, v), traj)
 
 

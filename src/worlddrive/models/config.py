@@ -31,6 +31,7 @@ ADDED_FIELDS = {
     "pace": "action",
     "speed_limit_input": False,
     "stop_line_input": False,
+    "plan_residual": False,
 }
 TRAINING_ONLY = frozenset({"history_dropout", "pace"})  # fields a fine-tune may change: they do not shape the weights
 GROWN = frozenset({"lateral_head"})  # fields a fine-tune may switch on: they add freshly initialised weights only
@@ -92,6 +93,11 @@ class PolicyConfig:
     # ego_history the lateral output stayed at ~0 for every sample (std 0.02 m against 2.3 m at +4 s after 2000
     # steps); MSE fits the mean, which turns and curves pull on in proportion to how far they bend
     regression_loss: str = "l1"
+    # the action expert's (and lateral head's) targets: the trajectory minus driving straight on at the current speed,
+    # normalised by that residual's spread. On the trajectory itself the first waypoint's spread is 2.6 m, mostly
+    # speed x 0.5 s, and braking or speeding up moves it by 0.14 m (d40m3): 5 % of a unit, so the cloned plan held
+    # the current speed, and closed loop its small deficit compounded into a crawl (results/README.md, session 16)
+    plan_residual: bool = False
     waypoints: int = FUTURE
     action_layers: int = 2  # transformer blocks of the flow denoiser / autoregressive decoder
     flow_steps: int = 10
@@ -128,6 +134,7 @@ class PolicyConfig:
         self._require(isinstance(self.lateral_head, bool), "lateral_head", "a bool")
         self._require(isinstance(self.speed_limit_input, bool), "speed_limit_input", "a bool")
         self._require(isinstance(self.stop_line_input, bool), "stop_line_input", "a bool")
+        self._require(isinstance(self.plan_residual, bool), "plan_residual", "a bool")
         self._require(self.pace in PACES, "pace", f"one of {PACES}")
         self._require(self.lateral_head or self.pace == "action", "pace", "'action' without the lateral head")
         self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")

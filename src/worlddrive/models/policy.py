@@ -46,6 +46,7 @@ from worlddrive.sim.state import (
     to_ego_frame,
     wrap_angle,
 )
+from worlddrive.sim.vehicle import WAYPOINT_TIMES
 
 if TYPE_CHECKING:
     from worlddrive.data.dataset import WorldDriveDataset
@@ -135,7 +136,15 @@ class WorldDrivePolicy(nn.Module):
         self.action_expert = make_action_expert(config)
         self.lateral = LateralHead(config) if config.lateral_head else None
         self.apply(_init_weights)
-        for name, key, rows in (("trajectory", "trajectory", config.waypoints), ("past", "past_trajectory", PAST)):
+        planned = "trajectory_residual" if config.plan_residual else "trajectory"
+        if not stats.get(planned):
+            raise ValueError(
+                f"PolicyConfig.plan_residual needs the dataset's {planned} stats (stats.json), which `worlddrive "
+                "generate` writes since session 16: generate the first --data folder again (same seeds, same samples)"
+            )
+        times = torch.tensor(WAYPOINT_TIMES[: config.waypoints], dtype=torch.float32)  # (W,)
+        self.register_buffer("waypoint_times", times, persistent=False)
+        for name, key, rows in (("trajectory", planned, config.waypoints), ("past", "past_trajectory", PAST)):
             mean, std = _stat(stats, key, (rows, 3))
             self.register_buffer(f"{name}_mean", mean, persistent=False)
             self.register_buffer(f"{name}_std", std.clamp(min=STD_FLOOR), persistent=False)
@@ -187,7 +196,7 @@ class WorldDrivePolicy(nn.Module):
         """
         batch = self._to_device(batch)
         cfg = self.config
-        target = self.normalise(batch["trajectory"])  # (B, W, 3)
+        target = self.normalise(batch["trajectory"], batch["ego"][:, EGO_SPEED])  # (B, W, 3)
         if self.lateral is not None and self._only_lateral_trains():  # every other term is a constant: skip them
             check_finite(batch)
             loss = self.lateral.loss(self._lateral(batch), target)
@@ -221,12 +230,21 @@ class WorldDrivePolicy(nn.Module):
         end = self.config.visual_tokens  # the visual segment comes first, the current frame last within it
         return hidden[:, end - h * w : end].unflatten(1, (h, w))
 
-    def normalise(self, trajectory: torch.Tensor) -> torch.Tensor:
-        """(..., W, 3) metres / radians, ego frame -> per-waypoint standard units."""
-        return (trajectory - self.trajectory_mean) / self.trajectory_std
+    def normalise(self, trajectory: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+        """(B, ..., W, 3) metres / radians, ego frame, at speeds (B,) -> per-waypoint standard units (of the residual
+        with config.plan_residual)."""
+        return (trajectory - self._driving_on(speed, trajectory.dim()) - self.trajectory_mean) / self.trajectory_std
 
-    def denormalise(self, trajectory: torch.Tensor) -> torch.Tensor:
-        return trajectory * self.trajectory_std + self.trajectory_mean
+    def denormalise(self, trajectory: torch.Tensor, speed: torch.Tensor) -> torch.Tensor:
+        return trajectory * self.trajectory_std + self.trajectory_mean + self._driving_on(speed, trajectory.dim())
+
+    def _driving_on(self, speed: torch.Tensor, dims: int) -> torch.Tensor:
+        """Driving straight on at `speed` (B,) as waypoints broadcastable to (B, ..., W, 3); zero without
+        config.plan_residual."""
+        if not self.config.plan_residual:
+            return torch.zeros((), device=speed.device)
+        x = speed.reshape(-1, *[1] * (dims - 2)).float() * self.waypoint_times  # (B, ..., W)
+        return torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], dim=-1)
 
     def _motion(self, batch: dict[str, Any]) -> torch.Tensor:
         """Normalised speed and acceleration, the speed limit with speed_limit_input and the next stop line with
@@ -298,9 +316,10 @@ class WorldDrivePolicy(nn.Module):
         lateral head, every sample goes along the head's path, as far as config.pace says."""
         batch = self._to_device(batch)
         hidden, layout = self.encode(batch, reasoning=False)
-        plan = self.denormalise(self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator))
+        speed = batch["ego"][:, EGO_SPEED]  # (B,)
+        plan = self.denormalise(self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator), speed)
         if self.lateral is not None:  # (B, K, W, 3)
-            plan = along_path(plan, self.denormalise(self._lateral(batch)), self.config.pace)
+            plan = along_path(plan, self.denormalise(self._lateral(batch), speed), self.config.pace)
         return plan
 
     @torch.no_grad()

@@ -11,6 +11,7 @@ from worlddrive.sim.state import EGO_ACCEL, EGO_SPEED, EGO_STEER, EGO_X, EGO_Y, 
 DT = 0.1  # simulation step, s
 WAYPOINT_DT = 0.5  # spacing of trajectory waypoints, s
 N_WAYPOINTS = 8
+WAYPOINT_TIMES = WAYPOINT_DT * np.arange(1, N_WAYPOINTS + 1)  # (W,) s after now
 
 
 @dataclass
