@@ -165,13 +165,13 @@ def test_fine_tuning_can_switch_on_the_lateral_head(split_data_dir, tmp_path, ca
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(grown)])
 
 
-@pytest.mark.parametrize("field", ["speed_limit_input", "stop_line_input"])
-def test_train_with_a_map_input(split_data_dir, tmp_path, field: str):
+@pytest.mark.parametrize("field", ["speed_limit_input", "stop_line_input", "plan_residual"])
+def test_train_with_a_flag_the_weights_depend_on(split_data_dir, tmp_path, field: str):
     data, run, flag = str(split_data_dir), tmp_path / "map", field.replace("_", "-")
     argv = ["train", "--config", "tiny", "--batch-size", "4", "--max-steps", "2", "--open-loop-samples", "0"]
     assert main([*argv, "--data", data, "--out", str(run), f"--{flag}"]) == 0
     assert json.loads((run / "policy" / "config.json").read_text())[field] is True
-    # it shapes the state token's weights: a fine-tune cannot switch it off (or on)
+    # the weights depend on it (the state token's inputs, the plan's units): a fine-tune cannot switch it off (or on)
     with pytest.raises(SystemExit, match=rf"not the model these flags describe .*'{field}': \(True, False\)"):
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(run), f"--no-{flag}"])
 
