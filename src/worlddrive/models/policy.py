@@ -137,7 +137,7 @@ class WorldDrivePolicy(nn.Module):
         self.lateral = LateralHead(config) if config.lateral_head else None
         self.apply(_init_weights)
         planned = "trajectory_residual" if config.plan_residual else "trajectory"
-        if not stats.get(planned):
+        if config.plan_residual and not stats.get(planned):
             raise ValueError(
                 f"PolicyConfig.plan_residual needs the dataset's {planned} stats (stats.json), which `worlddrive "
                 "generate` writes since session 16: generate the first --data folder again (same seeds, same samples)"
