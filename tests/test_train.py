@@ -1,5 +1,6 @@
 """The training loop: schedule, learning, exact resume after kill -9, bad batches skipped, DDP = one process."""
 
+import json
 import os
 import signal
 import socket
@@ -42,11 +43,10 @@ def test_validation_loss_falls_and_state_is_written(tmp_path):
     assert not list(tmp_path.glob("*.partial"))
 
 
-def _run(out: Path, steps: int) -> subprocess.Popen:
+def _run(out: Path, steps: int, *hold_at: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), str(TOY.parent)])}
-    return subprocess.Popen(
-        [sys.executable, str(TOY), str(out), str(steps)], stdout=subprocess.PIPE, text=True, env=env
-    )
+    argv = [sys.executable, str(TOY), str(out), str(steps), *map(str, hold_at)]
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
 
 
 def test_train_only_updates_the_named_part_and_nothing_else(tmp_path):
@@ -64,14 +64,13 @@ def test_kill_and_rerun_reaches_the_same_final_loss(tmp_path):
     steps = 60
     full = _run(tmp_path / "full", steps)
     reference = float(full.communicate(timeout=120)[0].split("FINAL")[-1])
-    run = _run(tmp_path / "killed", steps)
-    state = tmp_path / "killed" / STATE_DIR / "state.json"
+    run = _run(tmp_path / "killed", steps, 25)  # it sleeps once its step-25 save is written
     deadline = time.time() + 60
-    while time.time() < deadline and not (state.exists() and '"step": 2' in state.read_text()):
-        time.sleep(0.01)  # wait for the save at step 20-29
+    while time.time() < deadline and not (tmp_path / "killed" / "held").exists():
+        time.sleep(0.01)
     os.kill(run.pid, signal.SIGKILL)
     assert run.wait() == -signal.SIGKILL  # it really died mid-run
-    assert '"step": 6' not in state.read_text()
+    assert json.loads((tmp_path / "killed" / STATE_DIR / "state.json").read_text())["step"] == 25
     resumed = _run(tmp_path / "killed", steps)
     final = float(resumed.communicate(timeout=120)[0].split("FINAL")[-1])
     assert final == pytest.approx(reference, abs=1e-6)

@@ -1,13 +1,15 @@
 """A toy model and dataset for the training-loop tests; also runnable as a script (the resume test kills it)."""
 
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worlddrive.train import TrainConfig, train
+from worlddrive.train import STATE_DIR, TrainConfig, train
 
 
 class Toy(nn.Module):
@@ -54,7 +56,20 @@ def config(steps, **changes):
     )
 
 
+def hold_after_save(at: int):
+    """An `on_save` that, once the save of step `at` is written, touches OUT/held and sleeps: a test can then kill the
+    run at a known step, however fast the machine is."""
+
+    def on_save(model, out: Path) -> None:
+        if json.loads((out / STATE_DIR / "state.json").read_text())["step"] == at:
+            (out / "held").touch()
+            time.sleep(600)
+
+    return on_save
+
+
 if __name__ == "__main__":
     out, steps = Path(sys.argv[1]), int(sys.argv[2])
-    res = train(Toy(), toy_data(), toy_data(64, seed=1), collate, out, config(steps), progress=False)
+    hold = hold_after_save(int(sys.argv[3])) if len(sys.argv) > 3 else None  # PATH STEPS [HOLD_AT_STEP]
+    res = train(Toy(), toy_data(), toy_data(64, seed=1), collate, out, config(steps), progress=False, on_save=hold)
     print(f"FINAL {res['loss']:.10f}")
