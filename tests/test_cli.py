@@ -258,3 +258,13 @@ def test_data_weights_repeat_a_training_set_and_not_its_val_split(split_data_dir
     for bad in (f"{data}*0", f"{data}*x", "*2", ","):
         with pytest.raises(SystemExit, match="--data"):
             _data_roots(bad)
+
+
+def test_probe_prints_the_plans_and_writes_them(tmp_path, capsys):
+    rows = tmp_path / "probe.csv"
+    argv = ["probe", "--policy", "builtin", "--family", "straight", "--seed", "0", "--every", "2", "--out", str(rows)]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    res = result_line(out)
+    assert "the expert's from the same state" in out and 0.0 <= float(res["ds"]) <= 1.0
+    assert int(res["replans"]) == len(rows.read_text().splitlines()) - 1 > 5

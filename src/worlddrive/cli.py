@@ -156,6 +156,51 @@ def cmd_drive(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_probe(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from worlddrive.eval.probe import HORIZONS_S, probe_episode
+
+    _families(a.family)
+    probe = probe_episode(a.policy, a.family, a.seed, a.every, a.replan_every)
+    if probe.result.error:
+        print(probe.result.error, file=sys.stderr)
+        return 1
+    horizons = "/".join(f"{h:g}" for h in HORIZONS_S)
+    t = Table(title=f"{a.policy} on {a.family} seed {a.seed}: its plan beside the expert's from the same state")
+    for col in (
+        "t s",
+        "v m/s",
+        "control",
+        "stop m",
+        "off m",
+        f"plan m @{horizons} s",
+        "expert m",
+        "y4 plan/exp.",
+        "a / exp.",
+    ):
+        t.add_column(col, justify="right")
+    for r in probe.rows:
+        t.add_row(
+            f"{r.t:.1f}",
+            f"{r.speed:.2f}",
+            r.control,
+            f"{r.stop_m:.1f}",
+            f"{r.off_route_m:.1f}",
+            " ".join(f"{d:5.1f}" for d in r.plan_m),
+            " ".join(f"{d:5.1f}" for d in r.expert_m),
+            f"{r.plan_y4:+.1f} / {r.expert_y4:+.1f}",
+            f"{r.accel:+.2f} / {r.expert_accel:+.2f}",
+        )
+    Console(width=160).print(t)
+    if a.out:
+        probe.write_csv(Path(a.out))
+        print(f"wrote {a.out}")
+    _result(policy=a.policy, family=a.family, seed=a.seed, ds=probe.result.score.ds, **probe.summary())
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -619,6 +664,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--every", type=int, default=2, help="keep every n-th 10 Hz step in the GIF")
     _replan_argument(v)
     v.set_defaults(fn=cmd_drive)
+
+    q = sub.add_parser("probe", help="drive one episode; at every replan, the driver's plan beside the expert's")
+    q.add_argument("--policy", required=True, help="as for eval: a RUN folder (RUN@PACE), builtin, idm, ...")
+    q.add_argument("--family", required=True)
+    q.add_argument("--seed", type=int, required=True)
+    q.add_argument("--every", type=float, default=1.0, help="compare every this many seconds (whole replan periods)")
+    q.add_argument("--out", default=None, help="also write the rows to this CSV file")
+    _replan_argument(q)
+    q.set_defaults(fn=cmd_probe)
 
     e = sub.add_parser("eval", help="closed-loop Drive Score per family on held-out seeds, with a report")
     e.add_argument(
