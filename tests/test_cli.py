@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from worlddrive.cli import main
+from worlddrive.models.config import PolicyConfig
 
 
 def result_line(out: str) -> dict[str, str]:
@@ -174,6 +175,20 @@ def test_train_with_a_flag_the_weights_depend_on(split_data_dir, tmp_path, field
     # the weights depend on it (the state token's inputs, the plan's units): a fine-tune cannot switch it off (or on)
     with pytest.raises(SystemExit, match=rf"not the model these flags describe .*'{field}': \(True, False\)"):
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(run), f"--no-{flag}"])
+
+
+def test_train_at_another_image_size_keeps_the_token_grid_with_bigger_patches(split_data_dir, tmp_path):
+    from worlddrive.models import WorldDrivePolicy
+
+    data, run = str(split_data_dir), tmp_path / "hires"
+    argv = ["train", "--config", "tiny", "--batch-size", "4", "--max-steps", "1", "--open-loop-samples", "0"]
+    assert main([*argv, "--data", data, "--out", str(run), "--image-size", "64x128", "--patch-size", "16"]) == 0
+    config = WorldDrivePolicy.from_pretrained(run / "policy").config
+    assert config.image_size == (64, 128) and config.grid == PolicyConfig.preset("tiny").grid == (4, 8)
+    with pytest.raises(SystemExit, match="--image-size must look like HxW"):
+        main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--image-size", "64by128"])
+    with pytest.raises(SystemExit, match=r"image_size.*divisible by patch_size=16"):
+        main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--image-size", "72x128", "--patch-size", "16"])
 
 
 def test_train_only_lateral_moves_the_head_and_nothing_else(split_data_dir, tmp_path):

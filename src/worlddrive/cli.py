@@ -50,6 +50,15 @@ def _pair(option: str, text: str, cast: type, example: str) -> tuple:
     return a, b
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """`HxW` -> (H, W)."""
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise SystemExit(f"error: --image-size must look like HxW (e.g. 128x256), got {text!r}") from None
+    return h, w
+
+
 def _seed_range(text: str) -> list[int]:
     a, b = _pair("--seeds", text, int, "1000000-1000099")
     if b < a or a < 0:
@@ -359,7 +368,10 @@ def cmd_train(a: argparse.Namespace) -> int:
             "speed_limit_input",
             "stop_line_input",
             "plan_residual",
+            "patch_size",
         )
+        if a.image_size is not None:
+            overrides["image_size"] = _image_size(a.image_size)
         for name in optional:  # not given: the preset's
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)
@@ -749,6 +761,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="learn the plan as its difference from driving straight on at the current speed, in units of that "
         "difference's spread, so braking and speeding up weigh in the loss (needs data generated since session 16); "
         "default: the preset's (off)",
+    )
+    t.add_argument(
+        "--image-size",
+        help="HxW the network sees, camera frames area-resized to it (default: the preset's; small: 64x128, which "
+        "leaves a traffic light's lamp ~1 px at 30 m; 128x256 is the camera's own size)",
+    )
+    t.add_argument(
+        "--patch-size",
+        type=int,
+        help="pixels per side of a visual token (default: the preset's; small: 8; 128x256 with 16 keeps small's "
+        "8 x 16 tokens)",
     )
     t.add_argument(
         "--train-only",
