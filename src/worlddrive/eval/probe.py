@@ -51,13 +51,15 @@ class Probe:
     def summary(self) -> dict[str, float]:
         """Mean plan gap to the expert (driver - expert, m; negative: asks for less speed) at 1 s and 4 s, and the
         share of replans whose 4 s waypoint falls SLOWER_M or more short of the expert's."""
-        gaps = np.array([np.subtract(r.plan_m, r.expert_m) for r in self.rows]).reshape(-1, len(HORIZONS_S))
-        i1, i4 = HORIZONS_S.index(1.0), HORIZONS_S.index(4.0)
+        if not self.rows:
+            return {"replans": 0, "mean_gap_1s_m": np.nan, "mean_gap_4s_m": np.nan, "slower_share": np.nan}
+        gaps = np.array([np.subtract(r.plan_m, r.expert_m) for r in self.rows])  # (N, len(HORIZONS_S))
+        g1, g4 = gaps[:, HORIZONS_S.index(1.0)], gaps[:, HORIZONS_S.index(4.0)]
         return {
             "replans": len(self.rows),
-            "mean_gap_1s_m": float(gaps[:, i1].mean()) if len(gaps) else float("nan"),
-            "mean_gap_4s_m": float(gaps[:, i4].mean()) if len(gaps) else float("nan"),
-            "slower_share": float((gaps[:, i4] <= -SLOWER_M).mean()) if len(gaps) else float("nan"),
+            "mean_gap_1s_m": float(g1.mean()),
+            "mean_gap_4s_m": float(g4.mean()),
+            "slower_share": float((g4 <= -SLOWER_M).mean()),
         }
 
     def write_csv(self, path: Path) -> None:
@@ -74,7 +76,7 @@ def _columns() -> list[str]:
     return [
         n
         for f in fields(ProbeRow)
-        for n in ([f"{f.name}_{h:g}s" for h in HORIZONS_S] if f.type.startswith("tuple") else [f.name])
+        for n in ([f"{f.name}_{h:g}s" for h in HORIZONS_S] if f.name in ("plan_m", "expert_m") else [f.name])
     ]
 
 
