@@ -23,6 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # open-loop metrics printed on RESULT lines (all of them go to summary.json and the training log)
 OPEN_LOOP_RESULT = ("ade", "fde", "plan_collision_rate", "frame_psnr", "frame_ssim", "vq_psnr", "bev_iou_true_plan")
 OPEN_LOOP_RESULT += ("light_acc_1s", "light_acc_2s", "fact_light_acc", "fact_ped_acc", "fact_meta_acc", "fact_acc")
+OPEN_LOOP_RESULT += ("red_overrun", "red_samples")
 TRAIN_RESULT = "result.json"  # a finished `worlddrive train` run's RESULT line, in its --out folder
 DEMO_FAMILIES = (
     "straight,intersection_signal,intersection_stop,crosswalk,urban_mixed,occluded_pedestrian,yellow_light,cut_in"

@@ -4,6 +4,7 @@ shifted and hand-made predictions, and the helpers on known inputs."""
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
@@ -12,10 +13,19 @@ import pytest
 import torch
 
 from worlddrive.data.record import MAX_AGENTS, PED_KIND
-from worlddrive.eval.open_loop import EGO_SIZE, open_loop_metrics, plan_collisions, pooled_iou, spread
+from worlddrive.eval.open_loop import (
+    EGO_SIZE,
+    _score_plans,
+    along,
+    open_loop_metrics,
+    plan_collisions,
+    pooled_iou,
+    spread,
+)
 from worlddrive.models import WorldDrivePolicy
 from worlddrive.models.vq import VQConfig, VQTokenizer
 from worlddrive.models.world_model import OCCUPANCY_CHANNELS, WorldModel
+from worlddrive.sim.state import LIGHT_CONTROL, LIGHT_NAMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 HEADS = ("vq", "frame", "bev")
@@ -231,3 +241,27 @@ def test_pooled_iou_and_spread() -> None:
     assert pooled_iou(torch.zeros(3), torch.zeros(3)) == 1.0
     assert spread(10, 4).tolist() == [0, 2, 5, 7] and spread(3, 8).tolist() == [0, 1, 2]
     assert spread(5, None).tolist() == [0, 1, 2, 3, 4] and spread(0, 8).tolist() == []
+
+
+def test_red_overrun_counts_plans_past_a_red_line_the_expert_stops_at() -> None:
+    # Four samples, a stop line 20 m ahead; straight plans reaching `reach` metres at +4 s.
+    def straight(reach: list[float]) -> torch.Tensor:
+        x = torch.tensor(reach)[:, None] * torch.arange(1, 9) / 8  # (B, 8)
+        return torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], dim=-1)
+
+    red, green = LIGHT_NAMES.index("red"), LIGHT_NAMES.index("green")
+    batch = {
+        "trajectory": straight(
+            [19.0, 19.0, 30.0, 19.0]
+        ),  # the expert stops, stops, drives on (red: not counted), stops
+        "lights": torch.tensor([[red] * 9, [red] * 9, [red] * 9, [green] * 9]),
+        "stop_control": torch.full((4,), LIGHT_CONTROL),
+        "stop_distance": torch.full((4,), 20.0),
+        "agents": torch.zeros(4, 9, MAX_AGENTS, 8),
+        "agent_mask": torch.zeros(4, 9, MAX_AGENTS, dtype=torch.bool),
+    }
+    out: dict[str, list[torch.Tensor]] = defaultdict(list)
+    _score_plans(straight([18.0, 35.0, 35.0, 35.0]), batch, out)  # stops; runs it; (not counted) x 2
+    assert torch.cat(out["red_overrun"]).tolist() == [0.0, 1.0]
+    bent = torch.tensor([[[3.0, 4.0, 0.0], [6.0, 8.0, 0.0]]])  # 5 m, then 5 m more
+    assert along(bent).tolist() == [[5.0, 10.0]]

@@ -28,6 +28,7 @@ OPEN_LOOP = {
     "ade": ("ADE m", "↓"),
     "fde": ("FDE m", "↓"),
     "plan_collision_rate": ("plan coll.", "↓"),
+    "red_overrun": ("plans past a red", "↓"),
     "frame_psnr": ("PSNR dB", "↑"),
     "frame_ssim": ("SSIM", "↑"),
     "bev_iou_true_plan": ("BEV IoU", "↑"),
