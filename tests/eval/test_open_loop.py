@@ -25,7 +25,7 @@ from worlddrive.eval.open_loop import (
 from worlddrive.models import WorldDrivePolicy
 from worlddrive.models.vq import VQConfig, VQTokenizer
 from worlddrive.models.world_model import OCCUPANCY_CHANNELS, WorldModel
-from worlddrive.sim.state import LIGHT_CONTROL, LIGHT_NAMES
+from worlddrive.sim.state import EGO_SPEED, LIGHT_CONTROL, LIGHT_NAMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 HEADS = ("vq", "frame", "bev")
@@ -257,11 +257,15 @@ def test_red_overrun_counts_plans_past_a_red_line_the_expert_stops_at() -> None:
         "lights": torch.tensor([[red] * 9, [red] * 9, [red] * 9, [green] * 9]),
         "stop_control": torch.full((4,), LIGHT_CONTROL),
         "stop_distance": torch.full((4,), 20.0),
+        "ego": torch.tensor([[0.0, 0.0, 0.0, 8.0, 0.0, 0.0, 0.0]]).repeat(4, 1),  # 8 m/s
         "agents": torch.zeros(4, 9, MAX_AGENTS, 8),
         "agent_mask": torch.zeros(4, 9, MAX_AGENTS, dtype=torch.bool),
     }
     out: dict[str, list[torch.Tensor]] = defaultdict(list)
     _score_plans(straight([18.0, 35.0, 35.0, 35.0]), batch, out)  # stops; runs it; (not counted) x 2
     assert torch.cat(out["red_overrun"]).tolist() == [0.0, 1.0]
+    batch["ego"][:, EGO_SPEED] = 1.0  # creeping up to the line: not counted
+    _score_plans(straight([18.0, 35.0, 35.0, 35.0]), batch, out)
+    assert len(torch.cat(out["red_overrun"])) == 2
     bent = torch.tensor([[[3.0, 4.0, 0.0], [6.0, 8.0, 0.0]]])  # 5 m, then 5 m more
     assert along(bent).tolist() == [[5.0, 10.0]]

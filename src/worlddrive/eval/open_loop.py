@@ -13,10 +13,11 @@ Every metric is a flat float; a metric whose head or input is missing is absent,
   Agents are the true ones of the expert's future, not reacting to the plan. expert_plan_collision_rate: the same
   for the expert's own trajectory, the floor this test can reach (not exactly 0: it counts contacts the expert
   suffered, e.g. being rear-ended, and the agents kept are only the nearest `MAX_AGENTS`).
-- red_overrun: over samples where the ego's light is red, its stop line is at most RED_NEAR_M ahead and the expert
-  stops before it (its +4 s waypoint, measured along the trajectory, within 1 m past the line), the fraction whose
-  plan's +4 s waypoint goes more than 1 m past the line; red_samples: how many such samples (absent if none). The
-  light is ~1 px at 30 m in small's 64 x 128 input, and this is where a policy that cannot see it shows it.
+- red_overrun: over samples where the ego, moving faster than RED_MOVING_MS, has a red light whose stop line is at
+  most RED_NEAR_M ahead and the expert stops before it (its +4 s waypoint, measured along the trajectory, within 1 m
+  past the line), the fraction whose plan's +4 s waypoint goes more than 1 m past the line; red_samples: how many
+  such samples (absent if none). The lamp is ~1 px at 30 m in small's 64 x 128 input: a policy that cannot see it
+  shows it here.
 - frame_psnr, frame_ssim (+ _1s, _2s): PSNR (dB) / SSIM of the `frame` head's frames against the future frames
   averaged down to its resolution, per frame, then averaged over the horizons +0.5 ... +2 s (or at one horizon).
 - vq_code_acc: fraction of code cells of the +0.5 s frame where the `vq` head's most likely code is the tokenizer's;
@@ -56,12 +57,13 @@ from worlddrive.models.policy import WorldDrivePolicy
 from worlddrive.models.vq import psnr, ssim
 from worlddrive.models.world_model import REPORT_STEPS, WorldModel, reframe
 from worlddrive.sim.geometry import boxes_overlap
-from worlddrive.sim.state import LIGHT_CONTROL, LIGHT_NAMES
+from worlddrive.sim.state import EGO_SPEED, LIGHT_CONTROL, LIGHT_NAMES
 from worlddrive.sim.vehicle import BicycleLimits
 
 EGO_SIZE = (BicycleLimits().length, BicycleLimits().width)  # the dataset does not store it; the sim's ego has it
 ADE_STEPS = {"1s": 1, "2s": 3, "3s": 5}  # last waypoint index of the shorter ADEs (waypoints are 0.5 s apart)
-RED_NEAR_M = 40.0  # red lights counted by red_overrun: stop line at most this far ahead
+RED_NEAR_M = 40.0  # red lights counted by red_overrun: stop line at most this far ahead ...
+RED_MOVING_MS = 2.0  # ... and the ego faster than this (standing at the line is easy)
 _RED = LIGHT_NAMES.index("red")
 _X, _YAW, _LENGTH = (AGENT_FIELDS.index(name) for name in ("x", "yaw", "length"))  # y and width follow x and length
 FACTS = {  # metric: field of `fact_accuracy`
@@ -190,6 +192,7 @@ def _score_plans(plan: torch.Tensor, batch: dict[str, Any], out: dict[str, list[
     out["expert_plan_collision_rate"].append(torch.from_numpy(plan_collisions(truth.numpy(), agents, mask)))
     line = batch["stop_distance"]  # (B,) metres along the route
     red = (batch["lights"][:, 0] == _RED) & (batch["stop_control"] == LIGHT_CONTROL) & (line <= RED_NEAR_M)
+    red &= batch["ego"][:, EGO_SPEED] > RED_MOVING_MS
     red &= along(truth)[:, -1] <= line + 1.0  # the expert stops there
     out["red_overrun"].append((along(plan)[red][:, -1] > line[red] + 1.0).float())
 
