@@ -16,7 +16,6 @@ from worlddrive.data.record import MAX_AGENTS, PED_KIND
 from worlddrive.eval.open_loop import (
     EGO_SIZE,
     _score_plans,
-    along,
     open_loop_metrics,
     plan_collisions,
     pooled_iou,
@@ -267,5 +266,3 @@ def test_red_overrun_counts_plans_past_a_red_line_the_expert_stops_at() -> None:
     batch["ego"][:, EGO_SPEED] = 1.0  # creeping up to the line: not counted
     _score_plans(straight([18.0, 35.0, 35.0, 35.0]), batch, out)
     assert len(torch.cat(out["red_overrun"])) == 2
-    bent = torch.tensor([[[3.0, 4.0, 0.0], [6.0, 8.0, 0.0]]])  # 5 m, then 5 m more
-    assert along(bent).tolist() == [[5.0, 10.0]]

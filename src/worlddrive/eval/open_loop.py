@@ -48,7 +48,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from worlddrive.data.annotate import SceneFacts, fact_accuracy
@@ -56,7 +55,7 @@ from worlddrive.data.record import AGENT_FIELDS
 from worlddrive.models.policy import WorldDrivePolicy
 from worlddrive.models.vq import psnr, ssim
 from worlddrive.models.world_model import REPORT_STEPS, WorldModel, reframe
-from worlddrive.sim.geometry import boxes_overlap
+from worlddrive.sim.geometry import boxes_overlap, distance_along
 from worlddrive.sim.state import EGO_SPEED, LIGHT_CONTROL, LIGHT_NAMES
 from worlddrive.sim.vehicle import BicycleLimits
 
@@ -193,14 +192,9 @@ def _score_plans(plan: torch.Tensor, batch: dict[str, Any], out: dict[str, list[
     line = batch["stop_distance"]  # (B,) metres along the route
     red = (batch["lights"][:, 0] == _RED) & (batch["stop_control"] == LIGHT_CONTROL) & (line <= RED_NEAR_M)
     red &= batch["ego"][:, EGO_SPEED] > RED_MOVING_MS
-    red &= along(truth)[:, -1] <= line + 1.0  # the expert stops there
-    out["red_overrun"].append((along(plan)[red][:, -1] > line[red] + 1.0).float())
-
-
-def along(trajectory: torch.Tensor) -> torch.Tensor:
-    """Distance travelled along waypoints (B, T, 3) from the ego's origin, (B, T) metres."""
-    steps = torch.diff(F.pad(trajectory[..., :2], (0, 0, 1, 0)), dim=1)  # (B, T, 2), the origin first
-    return steps.norm(dim=-1).cumsum(1)
+    planned, driven = (torch.from_numpy(distance_along(t.numpy())[:, -1]) for t in (plan, truth))  # (B,) at +4 s
+    red &= driven <= line + 1.0  # the expert stops there
+    out["red_overrun"].append((planned[red] > line[red] + 1.0).float())
 
 
 def _score_frames(pred: torch.Tensor, target: torch.Tensor, out: dict[str, list[torch.Tensor]]) -> None:

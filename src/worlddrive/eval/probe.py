@@ -19,6 +19,7 @@ from worlddrive.eval.closed_loop import EpisodeResult, run_episode
 from worlddrive.eval.drivers import PolicyDriver, make_driver
 from worlddrive.fileio import write_text_atomic
 from worlddrive.sim.expert import Expert, ExpertOutput
+from worlddrive.sim.geometry import distance_along
 from worlddrive.sim.state import EGO_SPEED, WorldState
 from worlddrive.sim.vehicle import DT, WAYPOINT_DT
 from worlddrive.sim.world import World
@@ -117,8 +118,8 @@ def _row(world: World, state: WorldState, out: ExpertOutput, e: ExpertOutput) ->
         control=str(control),
         stop_m=round(stop_m, 2),
         off_route_m=round(float(world.ego_lateral), 2),
-        plan_m=_along(out.trajectory),
-        expert_m=_along(e.trajectory),
+        plan_m=_at_horizons(out.trajectory),
+        expert_m=_at_horizons(e.trajectory),
         plan_y4=round(float(out.trajectory[AT[-1], 1]), 3),
         expert_y4=round(float(e.trajectory[AT[-1], 1]), 3),
         accel=round(float(out.accel), 3),
@@ -126,8 +127,6 @@ def _row(world: World, state: WorldState, out: ExpertOutput, e: ExpertOutput) ->
     )
 
 
-def _along(trajectory: np.ndarray) -> tuple[float, ...]:
-    """Distance along a plan (W, 3), from the ego through its waypoints, at each of HORIZONS_S."""
-    pts = np.concatenate([np.zeros((1, 2)), np.asarray(trajectory)[:, :2]])  # (W + 1, 2)
-    s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])  # (W + 1,)
-    return tuple(round(float(s[i + 1]), 2) for i in AT)
+def _at_horizons(trajectory: np.ndarray) -> tuple[float, ...]:
+    """Distance along a plan (W, 3) at each of HORIZONS_S."""
+    return tuple(round(float(d), 2) for d in distance_along(trajectory)[list(AT)])

@@ -55,3 +55,10 @@ def boxes_overlap(rel: np.ndarray, dyaw: np.ndarray, ego_half: np.ndarray, half:
     apart |= np.abs(x * cos + y * sin) > hl + el * ac + ew * as_  # agent's long axis
     apart |= np.abs(y * cos - x * sin) > hw + el * as_ + ew * ac  # agent's lateral axis
     return ~apart
+
+
+def distance_along(waypoints: np.ndarray) -> np.ndarray:
+    """Distance travelled along ego-frame waypoints (..., T, >= 2) from the ego's origin through each, (..., T) m."""
+    xy = np.asarray(waypoints, np.float64)[..., :2]
+    steps = np.diff(xy, axis=-2, prepend=np.zeros_like(xy[..., :1, :]))  # (..., T, 2), from the origin first
+    return np.hypot(steps[..., 0], steps[..., 1]).cumsum(-1)
