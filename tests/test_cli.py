@@ -185,7 +185,7 @@ def test_train_at_another_image_size_keeps_the_token_grid_with_bigger_patches(sp
     assert main([*argv, "--data", data, "--out", str(run), "--image-size", "64x128", "--patch-size", "16"]) == 0
     config = WorldDrivePolicy.from_pretrained(run / "policy").config
     assert config.image_size == (64, 128) and config.grid == PolicyConfig.preset("tiny").grid == (4, 8)
-    with pytest.raises(SystemExit, match="--image-size must look like HxW"):
+    with pytest.raises(SystemExit, match="--image-size must look like AxB"):
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--image-size", "64by128"])
     with pytest.raises(SystemExit, match=r"image_size.*divisible by patch_size=16"):
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--image-size", "72x128", "--patch-size", "16"])

@@ -42,22 +42,13 @@ def _families(text: str) -> list[str]:
     return names
 
 
-def _pair(option: str, text: str, cast: type, example: str) -> tuple:
-    """An `A-B` option value as (A, B)."""
+def _pair(option: str, text: str, cast: type, example: str, sep: str = "-") -> tuple:
+    """An `A-B` option value (`AxB` with sep="x") as (A, B)."""
     try:
-        a, b = (cast(x) for x in text.split("-"))
+        a, b = (cast(x) for x in text.lower().split(sep))
     except ValueError:
-        raise SystemExit(f"error: {option} must look like A-B (e.g. {example}), got {text!r}") from None
+        raise SystemExit(f"error: {option} must look like A{sep}B (e.g. {example}), got {text!r}") from None
     return a, b
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    """`HxW` -> (H, W)."""
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise SystemExit(f"error: --image-size must look like HxW (e.g. 128x256), got {text!r}") from None
-    return h, w
 
 
 def _seed_range(text: str) -> list[int]:
@@ -372,7 +363,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "patch_size",
         )
         if a.image_size is not None:
-            overrides["image_size"] = _image_size(a.image_size)
+            overrides["image_size"] = _pair("--image-size", a.image_size, int, "128x256", sep="x")
         for name in optional:  # not given: the preset's
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)

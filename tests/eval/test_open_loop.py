@@ -249,10 +249,9 @@ def test_red_overrun_counts_plans_past_a_red_line_the_expert_stops_at() -> None:
         return torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], dim=-1)
 
     red, green = LIGHT_NAMES.index("red"), LIGHT_NAMES.index("green")
+    # the expert stops, stops, drives on (red: not counted), stops
     batch = {
-        "trajectory": straight(
-            [19.0, 19.0, 30.0, 19.0]
-        ),  # the expert stops, stops, drives on (red: not counted), stops
+        "trajectory": straight([19.0, 19.0, 30.0, 19.0]),
         "lights": torch.tensor([[red] * 9, [red] * 9, [red] * 9, [green] * 9]),
         "stop_control": torch.full((4,), LIGHT_CONTROL),
         "stop_distance": torch.full((4,), 20.0),
