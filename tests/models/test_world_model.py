@@ -102,9 +102,9 @@ def test_each_head_overfits_real_samples(head: str, terms: list[str], batch: dic
         assert logs["vq_ce"] < entropy(codes.flatten().bincount() / codes.numel()) and logs["vq_acc"] > 0.5
     if head == "frame":
         assert logs["frame_psnr"] > first["frame_psnr"] + 5
-    if head == "bev":
+    if head == "bev":  # ~1 % of the cells are occupied: a constant prediction's IoU is 0 or ~0.01
         occupied = F.adaptive_max_pool2d(batch["future_bev"][:, :, OCCUPANCY_CHANNELS].flatten(0, 2).float(), 32).mean()
-        assert logs["bev_occ_bce"] < entropy(torch.stack([occupied, 1 - occupied]))
+        assert occupied < 0.02 and logs["bev_iou_1s"] > 0.1 and logs["bev_iou_2s"] > 0.1, logs
         assert logs["bev_light_acc_1s"] == logs["bev_light_acc_2s"] == 1.0
 
 
