@@ -13,13 +13,24 @@ from worlddrive.experiment import AblationConfig, aggregate, paired_gains, run_n
 @pytest.mark.slow
 def test_tiny_ablation_end_to_end(split_data_dir, tmp_path, capsys):
     out = tmp_path / "ablation"
-    argv = ["experiment", "ablation", "--data", str(split_data_dir), "--out", str(out), "--config", "tiny"]
+    argv = ["experiment", "ablation", "--data", f"{split_data_dir}*2", "--out", str(out), "--config", "tiny"]
     argv += ["--variants", "action_only,frame", "--fractions", "0.5,1", "--seeds", "0", "--max-steps", "2"]
     argv += ["--batch-size", "4", "--families", "crosswalk", "--eval-seeds", "1000000-1000000", "--workers", "1"]
+    # a recipe other than the defaults: more flags for every run, a fine-tune of each, driven at another pace
+    argv += ["--train-flags", "--no-ego-history --speed-limit-input", "--pace", "cautious"]
+    argv += ["--finetune-flags", "--lateral-head --train-only lateral --max-steps 1"]
     assert main(argv) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("RESULT runs=4 ")
+    printed = capsys.readouterr().out
+    assert printed.strip().splitlines()[-1].startswith("RESULT runs=4 ")
+    assert "--no-ego-history --speed-limit-input --out" in printed and "--train-only lateral --max-steps 1\n" in printed
     result = json.loads((out / "ablation.json").read_text())
+    assert [r["run"] for r in result["rows"]][:2] == [
+        "action_only_f0.5_s0_ft@cautious",
+        "action_only_f1_s0_ft@cautious",
+    ]
+    finetuned = json.loads((out / "runs" / "frame_f1_s0_ft" / "policy" / "config.json").read_text())
+    assert finetuned["lateral_head"] and finetuned["speed_limit_input"] and not finetuned["ego_history"]
+    assert json.loads((out / "runs" / "frame_f1_s0_ft" / "result.json").read_text())["steps"] == 1
     assert [(r["variant"], r["fraction"]) for r in result["rows"]] == [
         ("action_only", 0.5),
         ("action_only", 1.0),
@@ -36,7 +47,7 @@ def test_tiny_ablation_end_to_end(split_data_dir, tmp_path, capsys):
     recorded = shlex.split(result["command"])
     assert recorded[0] == "worlddrive" and main(recorded[1:]) == 0
     again = capsys.readouterr().out
-    assert again.count("already trained") == 4 and "trained 2 steps in" not in again
+    assert again.count("already trained") == 8 and "trained 2 steps in" not in again
     assert json.loads((out / "ablation.json").read_text()) == result
 
 
@@ -57,7 +68,7 @@ def test_paired_gains_compare_the_same_episodes_and_seeds():
     ds = {("action_only", f, s): base[s] * f for f in (0.25, 1.0) for s in (0, 1)}
     ds |= {("vq", 0.25, s): base[s] * 0.25 + 0.1 for s in (0, 1)}  # exactly +0.1 on every episode
     ds |= {("bev", 0.25, 0): base[0] * 0.25 + rng.normal(0, 0.2, 40)}  # noise, one seed only
-    rows = [{"variant": v, "fraction": f, "seed": s} for v, f, s in ds]
+    rows = [{"variant": v, "fraction": f, "seed": s, "run": run_name(v, f, s)} for v, f, s in ds]
     episodes = {run_name(*k): {("straight", 1000000 + i): float(x) for i, x in enumerate(v)} for k, v in ds.items()}
     episodes[run_name("vq", 0.25, 1)].pop(("straight", 1000000))  # a missing episode leaves every pair of that run
     gains = {(g["variant"], g["against"]): g for g in paired_gains(rows, episodes)}
@@ -80,3 +91,9 @@ def test_bad_ablation_config_is_named():
         AblationConfig(data="x", variants=["dreams"], families=["crosswalk"], eval_seeds=[1])
     with pytest.raises(ValueError, match="fractions"):
         AblationConfig(data="x", fractions=[0.0], families=["crosswalk"], eval_seeds=[1])
+    with pytest.raises(ValueError, match="train_flags may not set --seed, --out"):
+        AblationConfig(data="x", train_flags="--seed 3 --out=y --lr 1e-3", families=["crosswalk"], eval_seeds=[1])
+    with pytest.raises(ValueError, match="finetune_flags may not set --wm"):
+        AblationConfig(data="x", finetune_flags="--data y --wm frame", families=["crosswalk"], eval_seeds=[1])
+    with pytest.raises(ValueError, match="pace 'fast'"):
+        AblationConfig(data="x", pace="fast", families=["crosswalk"], eval_seeds=[1])

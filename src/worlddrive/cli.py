@@ -548,6 +548,9 @@ def cmd_experiment(a: argparse.Namespace) -> int:
         workers=a.workers,
         vq_steps=a.vq_steps,
         replan_every=a.replan_every,
+        train_flags=a.train_flags,
+        finetune_flags=a.finetune_flags,
+        pace=a.pace,
     )
     with _progress() as progress:
         result = ablation(cfg, out, main, progress)
@@ -813,6 +816,19 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--episodes", type=int, default=10, help="evaluation episodes per family")
     x.add_argument("--eval-seeds", default=None, help="A-B replaces the default held-out seed list")
     x.add_argument("--workers", type=int, default=max(os.cpu_count() or 1, 1))
+    x.add_argument(
+        "--train-flags",
+        default="",
+        help="more `worlddrive train` flags for every run, one quoted string (e.g. '--speed-limit-input "
+        "--no-ego-history'); not those the ablation sets per run",
+    )
+    x.add_argument(
+        "--finetune-flags",
+        default="",
+        help="fine-tune every run (`train --init RUN`, its flags again, then these, e.g. '--lateral-head "
+        "--train-only lateral --data DIRS --max-steps 1500'); the fine-tuned runs are the ones evaluated",
+    )
+    x.add_argument("--pace", default="", help="evaluate every run as RUN@PACE (action, cautious or path)")
     _replan_argument(x)
     x.set_defaults(fn=cmd_experiment)
 

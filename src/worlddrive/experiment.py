@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from worlddrive.eval.drivers import REPLAN_EVERY, check_replan_every
+from worlddrive.eval.drivers import REPLAN_EVERY, check_replan_every, driver_name
 from worlddrive.eval.evaluate import EvalConfig, episode_ds, evaluate
 from worlddrive.eval.report import write_report
 from worlddrive.fileio import write_json_atomic, write_text_atomic
 from worlddrive.sim.scenarios import HELDOUT_FAMILIES
 
 VARIANTS: dict[str, str] = {"action_only": "", "vq": "vq", "frame": "frame", "bev": "bev", "all": "vq,frame,bev"}
+PER_RUN_FLAGS = ("--config", "--out", "--init", "--wm", "--vq", "--seed", "--data-fraction")  # the ablation's to set
+STAGE_FLAGS = ("--data", "--max-steps", "--batch-size")  # set by the ablation for the first stage, by --finetune-flags
 
 
 @dataclass
@@ -39,8 +41,21 @@ class AblationConfig:
     workers: int = 1
     vq_steps: int = 400
     replan_every: int = REPLAN_EVERY  # closed loop: a policy's network runs every this many 10 Hz steps
+    # more `worlddrive train` flags for every run (e.g. the map inputs), so that a recipe other than the defaults is
+    # ablated; with finetune_flags, each run is then fine-tuned (`train --init RUN` with the same flags, then these,
+    # e.g. the lateral head) and the fine-tuned one is evaluated, at `pace` when given (RUN@PACE)
+    train_flags: str = ""
+    finetune_flags: str = ""
+    pace: str = ""
 
     def __post_init__(self) -> None:
+        _check_flags("train_flags", self.train_flags, PER_RUN_FLAGS + STAGE_FLAGS)
+        _check_flags("finetune_flags", self.finetune_flags, PER_RUN_FLAGS)
+        if self.pace:
+            from worlddrive.models.config import PACES  # imports torch
+
+            if self.pace not in PACES:
+                raise ValueError(f"pace {self.pace!r}: one of {', '.join(PACES)} (or none)")
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise KeyError(f"unknown ablation variant {unknown}; known: {', '.join(VARIANTS)}")
@@ -54,6 +69,13 @@ class AblationConfig:
             raise ValueError(f"evaluation seeds must be a contiguous range A-B, got {self.eval_seeds}")
 
 
+def _check_flags(name: str, flags: str, refused: tuple[str, ...]) -> None:
+    given = [t.split("=")[0] for t in shlex.split(flags) if t.startswith("--")]
+    taken = [f for f in given if f in refused]
+    if taken:
+        raise ValueError(f"{name} may not set {', '.join(taken)}: the ablation sets {', '.join(refused)} itself")
+
+
 def run_name(variant: str, fraction: float, seed: int) -> str:
     return f"{variant}_f{fraction:g}_s{seed}"
 
@@ -65,6 +87,9 @@ def command(cfg: AblationConfig, out: Path) -> str:
     argv += ["--seeds", ",".join(map(str, cfg.seeds)), "--max-steps", str(cfg.max_steps)]
     argv += ["--batch-size", str(cfg.batch_size), "--vq-steps", str(cfg.vq_steps), "--families", ",".join(cfg.families)]
     argv += ["--eval-seeds", f"{cfg.eval_seeds[0]}-{cfg.eval_seeds[-1]}", "--workers", str(cfg.workers)]
+    for flag, value in (("--train-flags", cfg.train_flags), ("--finetune-flags", cfg.finetune_flags)):
+        argv += [flag, value] if value else []
+    argv += ["--pace", cfg.pace] if cfg.pace else []
     return "worlddrive " + shlex.join([*argv, "--replan-every", str(cfg.replan_every)])
 
 
@@ -75,8 +100,9 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
     """
     from worlddrive.data.dataset import WorldDriveDataset
 
-    if not len(WorldDriveDataset(cfg.data, "val")):  # checked before hours of training, not after
-        raise ValueError(f"dataset {cfg.data} has no val episodes: the ablation's ADE needs some (generate more)")
+    first = cfg.data.split(",")[0].split("*")[0].strip()  # train's --data lists DIR or DIR*K; the ADE is on DIR's
+    if not len(WorldDriveDataset(first, "val")):  # checked before hours of training, not after
+        raise ValueError(f"dataset {first} has no val episodes: the ablation's ADE needs some (generate more)")
     runs = out / "runs"
     if any("vq" in VARIANTS[v] for v in cfg.variants) and not (out / "vq" / "config.json").exists():
         _run(cli, ["train-tokenizer", "--data", cfg.data, "--out", str(out / "vq"), "--steps", str(cfg.vq_steps)])
@@ -91,25 +117,31 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
                 argv += ["--max-steps", str(cfg.max_steps), "--batch-size", str(cfg.batch_size)]
                 if "vq" in VARIANTS[variant]:
                     argv += ["--vq", str(out / "vq")]
-                print(f"\n$ worlddrive {shlex.join(argv)}", flush=True)  # copy-pasteable, empty --wm included
-                _run(cli, argv)
-                specs[name] = (variant, fraction, seed)
+                argv += shlex.split(cfg.train_flags)
+                _train(cli, argv)
+                run = runs / name
+                if cfg.finetune_flags:  # the same flags (a later one wins) with another --out and --init, then its own
+                    run = runs / f"{name}_ft"
+                    finetune = ["--out", str(run), "--init", str(runs / name), *shlex.split(cfg.finetune_flags)]
+                    _train(cli, argv + finetune)
+                specs[str(run) + (f"@{cfg.pace}" if cfg.pace else "")] = (variant, fraction, seed)
     eval_cfg = EvalConfig(
-        [str(runs / n) for n in specs],
+        list(specs),
         cfg.families,
         cfg.eval_seeds,
         cfg.workers,
         gallery=1,
-        data=cfg.data,
+        data=first,
         replan_every=cfg.replan_every,
     )
     summary = evaluate(eval_cfg, out / "eval", progress)
     rows = []
     by_variant = sorted(specs.items(), key=lambda kv: (cfg.variants.index(kv[1][0]), kv[1][1], kv[1][2]))
-    for name, (variant, fraction, seed) in by_variant:
-        pol = summary["policies"][name]
+    for spec, (variant, fraction, seed) in by_variant:
+        pol = summary["policies"][driver_name(spec)]
         rows.append(
             {
+                "run": driver_name(spec),
                 "variant": variant,
                 "fraction": fraction,
                 "seed": seed,
@@ -120,7 +152,7 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
             }
         )
     scores = episode_ds(out / "eval", cfg.replan_every)
-    seen = {n: {k: v for k, v in scores[n].items() if k[0] not in HELDOUT_FAMILIES} for n in specs}  # as `ds`
+    seen = {r["run"]: {k: v for k, v in scores[r["run"]].items() if k[0] not in HELDOUT_FAMILIES} for r in rows}
     result = {"command": command(cfg, out), "config": asdict(cfg), "expert_ds": summary["policies"]["expert"]["ds"]}
     result["rows"] = rows
     result["gains"] = paired_gains(rows, seen)
@@ -129,6 +161,11 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
     plot_scaling(result, out / "ablation.png")
     write_report(out / "eval", ablation=out / "ablation.json")
     return result
+
+
+def _train(cli: Callable[[list[str]], int], argv: list[str]) -> None:
+    print(f"\n$ worlddrive {shlex.join(argv)}", flush=True)  # copy-pasteable, empty --wm included
+    _run(cli, argv)
 
 
 def _run(cli: Callable[[list[str]], int], argv: list[str]) -> None:
@@ -158,7 +195,7 @@ def paired_gains(rows: list[dict], episodes: dict[str, dict[tuple[str, int], flo
 
     The 95 % interval is a seeded bootstrap over episodes: it shows how much the luck of the draw of episodes could move
     the gain, not how much another training seed would (two seeds cannot measure that; `per_seed` shows them)."""
-    runs = {(r["variant"], r["fraction"], r["seed"]): run_name(r["variant"], r["fraction"], r["seed"]) for r in rows}
+    runs = {(r["variant"], r["fraction"], r["seed"]): r["run"] for r in rows}
     gains = []
     for variant, fraction in dict.fromkeys((v, f) for v, f, _ in runs if v != "action_only"):
         for against in dict.fromkeys((fraction, 1.0)):
