@@ -100,12 +100,13 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
     """
     from worlddrive.data.dataset import WorldDriveDataset
 
-    first = cfg.data.split(",")[0].split("*")[0].strip()  # train's --data lists DIR or DIR*K; the ADE is on DIR's
+    # train's --data lists DIR or DIR*K; the ADE and the VQ tokenizer use the first DIR
+    first = cfg.data.split(",")[0].split("*")[0].strip()
     if not len(WorldDriveDataset(first, "val")):  # checked before hours of training, not after
         raise ValueError(f"dataset {first} has no val episodes: the ablation's ADE needs some (generate more)")
     runs = out / "runs"
     if any("vq" in VARIANTS[v] for v in cfg.variants) and not (out / "vq" / "config.json").exists():
-        _run(cli, ["train-tokenizer", "--data", cfg.data, "--out", str(out / "vq"), "--steps", str(cfg.vq_steps)])
+        _run(cli, ["train-tokenizer", "--data", first, "--out", str(out / "vq"), "--steps", str(cfg.vq_steps)])
     specs = {}
     # seed outermost: a run stopped part-way has every variant and fraction of its first seed(s) trained
     for seed in cfg.seeds:
@@ -138,10 +139,11 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
     rows = []
     by_variant = sorted(specs.items(), key=lambda kv: (cfg.variants.index(kv[1][0]), kv[1][1], kv[1][2]))
     for spec, (variant, fraction, seed) in by_variant:
-        pol = summary["policies"][driver_name(spec)]
+        run = driver_name(spec)  # the name the evaluation's tables and records use
+        pol = summary["policies"][run]
         rows.append(
             {
-                "run": driver_name(spec),
+                "run": run,
                 "variant": variant,
                 "fraction": fraction,
                 "seed": seed,
