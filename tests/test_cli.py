@@ -260,19 +260,21 @@ def test_world_model_training_with_a_trained_tokenizer(split_data_dir, tmp_path,
         WorldDrivePolicy.from_pretrained(tmp_path / "run" / "policy")
 
 
-def test_data_weights_repeat_a_training_set_and_not_its_val_split(split_data_dir):
-    from worlddrive.cli import _data_roots, _union
-    from worlddrive.data.dataset import WorldDriveDataset
+def test_data_weights_repeat_a_training_set_and_not_its_val_split(split_data_dir, tmp_path):
+    from worlddrive.cli import _union
+    from worlddrive.data.dataset import WorldDriveDataset, data_roots
 
     data = str(split_data_dir)
-    assert _data_roots(f"{data}, {data}*3") == [(data, 1), (data, 3)]
+    assert data_roots(f"{data}, {data}*3") == [(data, 1), (data, 3)]
     fields = WorldDriveDataset.fields_for(())
-    once, weighed = _data_roots(data), _data_roots(f"{data}*3")
+    once, weighed = data_roots(data), data_roots(f"{data}*3")
     assert len(_union(weighed, "train", fields, 1.0, 0)) == 3 * len(_union(once, "train", fields, 1.0, 0)) > 0
     assert len(_union(weighed, "val", fields, 1.0, 0)) == len(_union(once, "val", fields, 1.0, 0)) > 0
     for bad in (f"{data}*0", f"{data}*x", "*2", ","):
-        with pytest.raises(SystemExit, match="--data"):
-            _data_roots(bad)
+        with pytest.raises(ValueError, match="--data"):
+            data_roots(bad)
+        with pytest.raises(SystemExit, match="error: --data"):  # as `train` reports it
+            main(["train", "--data", bad, "--out", str(tmp_path / "bad"), "--config", "tiny"])
 
 
 def test_probe_prints_the_plans_and_writes_them(tmp_path, capsys):

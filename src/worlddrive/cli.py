@@ -313,7 +313,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     finished run (its result.json reaches --max-steps) prints the recorded result without loading data or model."""
     import torch
 
-    from worlddrive.data.dataset import WorldDriveDataset
+    from worlddrive.data.dataset import WorldDriveDataset, data_roots
     from worlddrive.data.format import load_stats
     from worlddrive.fileio import write_json_atomic
     from worlddrive.models import PolicyConfig, WorldDrivePolicy
@@ -332,7 +332,7 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.train_only and not (a.init or (out / "policy").exists()):
         raise SystemExit(f"error: --train-only {a.train_only} trains a head over a trained policy: give --init CKPT")
     fields = WorldDriveDataset.fields_for(a.wm.split(","))  # action-only skips future frames and BEV rasters
-    roots = _data_roots(a.data)
+    roots = data_roots(a.data)
     # the lateral head alone reads no future frames or BEV (the val split keeps them for the open-loop metrics)
     train_fields = WorldDriveDataset.fields_for(()) if a.train_only == "lateral" else fields
     train_ds = _union(roots, "train", train_fields, a.data_fraction, a.seed)
@@ -419,20 +419,6 @@ def cmd_train(a: argparse.Namespace) -> int:
     write_json_atomic(out / TRAIN_RESULT, result)  # written last: its presence means the run is finished
     _result(**result)
     return 0
-
-
-def _data_roots(text: str) -> list[tuple[str, int]]:
-    """--data's folders with how often each counts in the training split: `DIR*K` draws DIR's samples K times (a
-    small DAgger set weighed up among large expert sets); the val split counts each folder once."""
-    roots = []
-    for item in (d.strip() for d in text.split(",") if d.strip()):
-        root, _, times = item.rpartition("*") if "*" in item else (item, "", "1")
-        if not (times.isdigit() and int(times) >= 1 and root):
-            raise SystemExit(f"error: --data {item!r}: a folder, or FOLDER*K with a whole number K >= 1")
-        roots.append((root, int(times)))
-    if not roots:
-        raise SystemExit("error: --data names no dataset folder")
-    return roots
 
 
 def _union(roots: list[tuple[str, int]], split: str, fields, fraction: float, seed: int):

@@ -98,10 +98,9 @@ def ablation(cfg: AblationConfig, out: Path, cli: Callable[[list[str]], int], pr
 
     `cli` runs a `worlddrive` command line (the experiment is made of the same commands a user would type).
     """
-    from worlddrive.data.dataset import WorldDriveDataset
+    from worlddrive.data.dataset import WorldDriveDataset, data_roots
 
-    # train's --data lists DIR or DIR*K; the ADE and the VQ tokenizer use the first DIR
-    first = cfg.data.split(",")[0].split("*")[0].strip()
+    first = data_roots(cfg.data)[0][0]  # the ADE and the VQ tokenizer use the first of train's --data folders
     if not len(WorldDriveDataset(first, "val")):  # checked before hours of training, not after
         raise ValueError(f"dataset {first} has no val episodes: the ablation's ADE needs some (generate more)")
     runs = out / "runs"

@@ -36,6 +36,20 @@ HEAD_FIELDS = {"vq": "future_camera", "frame": "future_camera", "bev": "future_b
 CACHE_BYTES = 4 * 2**30  # default budget of decompressed shards per dataset and process
 
 
+def data_roots(text: str) -> list[tuple[str, int]]:
+    """`train --data`'s folders with how often each counts in the training split: `DIR*K` draws DIR's samples K times
+    (a small DAgger set weighed up among large expert sets); the val split counts each folder once."""
+    roots = []
+    for item in (d.strip() for d in text.split(",") if d.strip()):
+        root, _, times = item.rpartition("*") if "*" in item else (item, "", "1")
+        if not (times.isdigit() and int(times) >= 1 and root):
+            raise ValueError(f"--data {item!r}: a folder, or FOLDER*K with a whole number K >= 1")
+        roots.append((root, int(times)))
+    if not roots:
+        raise ValueError("--data names no dataset folder")
+    return roots
+
+
 def episode_split(family: str, seed: int, val_fraction: float) -> str:
     """'val' for a stable pseudo-random `val_fraction` of episodes, else 'train'."""
     digest = hashlib.sha256(f"{family}/{seed}".encode()).digest()
