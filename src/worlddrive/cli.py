@@ -360,6 +360,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "speed_limit_input",
             "stop_line_input",
             "plan_residual",
+            "speed_input",
             "patch_size",
         )
         if a.image_size is not None:
@@ -735,6 +736,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="feed the route's next stop line from the map (distance along the route; light, stop or yield) beside "
         "speed and acceleration; the light's colour stays the camera's. Default: the preset's (off)",
+    )
+    t.add_argument(
+        "--speed-input",
+        action=argparse.BooleanOptionalAction,
+        help="feed the ego's speed and acceleration (--no-speed-input: the plan comes from the camera, command and "
+        "map inputs alone, so it cannot just hold the speed the ego has); default: the preset's (on)",
     )
     t.add_argument(
         "--plan-residual",

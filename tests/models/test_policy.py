@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from worlddrive.models import PolicyConfig, WorldDrivePolicy
 from worlddrive.models.policy import CHECKPOINT_FILES, CONFIG_FILE, MODEL_FILE
-from worlddrive.sim.state import EGO_SPEED, EGO_STEER, STOP_CONTROL, STOP_HORIZON
+from worlddrive.sim.state import EGO_ACCEL, EGO_SPEED, EGO_STEER, STOP_CONTROL, STOP_HORIZON
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -280,6 +280,20 @@ def test_ego_history_is_seen_only_when_asked(make_policy, items: list, history: 
     moved["ego"][:, EGO_STEER:] += 0.1  # steering and yaw rate
     same = torch.allclose(policy.predict_trajectory(batch), policy.predict_trajectory(moved))
     assert same != history
+
+
+@pytest.mark.parametrize("lateral", [False, True])
+@pytest.mark.parametrize("speed", [False, True])
+def test_the_ego_speed_is_seen_only_when_asked(make_policy, items: list, speed: bool, lateral: bool) -> None:
+    policy = make_policy(speed_input=speed, ego_history=False, lateral_head=lateral).eval()
+    batch = policy.collate(items[:4])
+    faster = {**batch, "ego": batch["ego"].clone()}
+    faster["ego"][:, EGO_SPEED] += 3.0
+    faster["ego"][:, EGO_ACCEL] -= 1.0
+    same = torch.allclose(policy.predict_trajectory(batch), policy.predict_trajectory(faster))
+    assert same != speed
+    with pytest.raises(ValueError, match="plan_residual"):
+        make_policy(speed_input=False, plan_residual=True)
 
 
 MAP_INPUTS = {  # flag: the change of each map field it reads

@@ -32,6 +32,7 @@ ADDED_FIELDS = {
     "speed_limit_input": False,
     "stop_line_input": False,
     "plan_residual": False,
+    "speed_input": True,
 }
 TRAINING_ONLY = frozenset({"history_dropout", "pace"})  # fields a fine-tune may change: they do not shape the weights
 GROWN = frozenset({"lateral_head"})  # fields a fine-tune may switch on: they add freshly initialised weights only
@@ -64,6 +65,10 @@ class PolicyConfig:
     # default: without it (and with MSE and recovery data) 1500 steps of `small` drove worse in closed loop (DS 0.14
     # vs 0.28, results/README.md); the image pathway has not learned the road's shape in that budget.
     ego_history: bool = True
+    # the ego's own speed and acceleration as inputs. Without them the plan has to come from what the scene asks for
+    # (camera, command, map inputs), not from the speed the ego has: cloned with them, the plan held whatever speed it
+    # had, so a policy that braked early crawled on at 0.3-0.8 m/s short of the line (results/README.md, session 16)
+    speed_input: bool = True
     # with ego_history, the share of training samples whose history is hidden (set to its dataset mean, which is
     # driving straight on): ChauffeurNet's past-motion dropout, so that steering must also come from the camera
     history_dropout: float = 0.0
@@ -135,6 +140,8 @@ class PolicyConfig:
         self._require(isinstance(self.speed_limit_input, bool), "speed_limit_input", "a bool")
         self._require(isinstance(self.stop_line_input, bool), "stop_line_input", "a bool")
         self._require(isinstance(self.plan_residual, bool), "plan_residual", "a bool")
+        self._require(isinstance(self.speed_input, bool), "speed_input", "a bool")
+        self._require(self.speed_input or not self.plan_residual, "plan_residual", "False without speed_input")
         self._require(self.pace in PACES, "pace", f"one of {PACES}")
         self._require(self.lateral_head or self.pace == "action", "pace", "'action' without the lateral head")
         self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")
@@ -166,9 +173,9 @@ class PolicyConfig:
 
     @property
     def motion_features(self) -> int:
-        """Speed and acceleration, the speed limit with speed_limit_input and the next stop line with
-        stop_line_input: what the state token and the lateral head read besides the command."""
-        return 2 + self.speed_limit_input + STOP_LINE_FEATURES * self.stop_line_input
+        """Speed and acceleration with speed_input, the speed limit with speed_limit_input and the next stop line
+        with stop_line_input: what the state token and the lateral head read besides the command."""
+        return 2 * self.speed_input + self.speed_limit_input + STOP_LINE_FEATURES * self.stop_line_input
 
     @property
     def map_inputs(self) -> tuple[str, ...]:

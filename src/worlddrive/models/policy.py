@@ -247,14 +247,15 @@ class WorldDrivePolicy(nn.Module):
         return torch.stack([x, torch.zeros_like(x), torch.zeros_like(x)], dim=-1)
 
     def _motion(self, batch: dict[str, Any]) -> torch.Tensor:
-        """Normalised speed and acceleration, the speed limit with speed_limit_input and the next stop line with
-        stop_line_input (B, motion_features). The limit is normalised like the speed, acceleration is O(1) in m/s²
-        already; the stop line's distance comes linear and as exp(-d / STOP_NEAR), which resolves the last metres."""
+        """Normalised speed and acceleration with speed_input, the speed limit with speed_limit_input and the next
+        stop line with stop_line_input (B, motion_features). The limit is normalised like the speed, acceleration is
+        O(1) in m/s² already; the stop line's distance comes linear and as exp(-d / STOP_NEAR), which resolves the
+        last metres."""
         ego = batch["ego"]
-        features = [
-            (ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std,
-            ego[:, EGO_ACCEL : EGO_ACCEL + 1],
-        ]
+        features = [ego.new_zeros(len(ego), 0)]  # (B, 0): a policy may read none of these
+        if self.config.speed_input:
+            features += [(ego[:, EGO_SPEED : EGO_SPEED + 1] - self.speed_mean) / self.speed_std]
+            features += [ego[:, EGO_ACCEL : EGO_ACCEL + 1]]
         if self.config.speed_limit_input:
             features.append((batch["speed_limit"][:, None].float() - self.speed_mean) / self.speed_std)
         if self.config.stop_line_input:
@@ -278,7 +279,7 @@ class WorldDrivePolicy(nn.Module):
                 keep = torch.rand(len(history), 1, device=history.device) >= self.config.history_dropout  # (B, 1)
                 history = history * keep
             features.append(history)
-        features = torch.cat(features, dim=1)  # (B, 2 [+ HISTORY_FEATURES])
+        features = torch.cat(features, dim=1)  # (B, motion_features [+ HISTORY_FEATURES])
         instruction, instruction_valid = self._instruction(batch)
         segments = {
             "visual": self.vision(batch["camera"], batch.get("camera_embedded")),  # (B, Nv, D)
