@@ -798,7 +798,11 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", choices=["ablation"])
     x.add_argument("--data", required=True)
     x.add_argument("--out", default="out/ablation")
-    x.add_argument("--variants", default="action_only,vq,frame,bev,all")
+    x.add_argument(
+        "--variants",
+        default="action_only,vq,frame,bev,all",
+        help="comma separated, out of action_only, vq, frame, bev, all (vq,frame,bev), frame_bev (frame,bev)",
+    )
     x.add_argument("--fractions", default="0.25,0.5,1")
     x.add_argument("--seeds", default="0,1", help="training seeds, comma separated")
     x.add_argument("--config", default="small")

@@ -22,7 +22,15 @@ from worlddrive.eval.report import write_report
 from worlddrive.fileio import write_json_atomic, write_text_atomic
 from worlddrive.sim.scenarios import HELDOUT_FAMILIES
 
-VARIANTS: dict[str, str] = {"action_only": "", "vq": "vq", "frame": "frame", "bev": "bev", "all": "vq,frame,bev"}
+VARIANTS: dict[str, str] = {  # name: train's --wm
+    "action_only": "",
+    "vq": "vq",
+    "frame": "frame",
+    "bev": "bev",
+    "all": "vq,frame,bev",
+    "frame_bev": "frame,bev",  # every recipe of results/README.md since session 13
+}
+DEFAULT_VARIANTS = ("action_only", "vq", "frame", "bev", "all")  # the table's rows: each head alone, then all
 PER_RUN_FLAGS = ("--config", "--out", "--init", "--wm", "--vq", "--seed", "--data-fraction")  # the ablation's to set
 STAGE_FLAGS = ("--data", "--max-steps", "--batch-size")  # set by the ablation for the first stage, by --finetune-flags
 
@@ -30,7 +38,7 @@ STAGE_FLAGS = ("--data", "--max-steps", "--batch-size")  # set by the ablation f
 @dataclass
 class AblationConfig:
     data: str
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
     fractions: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0])
     seeds: list[int] = field(default_factory=lambda: [0, 1])
     config: str = "small"
