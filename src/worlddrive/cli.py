@@ -30,10 +30,15 @@ DEMO_FAMILIES = (
 )
 
 
+def _csv(text: str) -> list[str]:
+    """A comma-separated option's items, blanks dropped."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _families(text: str) -> list[str]:
     from worlddrive.sim.scenarios import FAMILIES
 
-    names = [f.strip() for f in text.split(",") if f.strip()]
+    names = _csv(text)
     if not names:
         raise SystemExit("error: --families is empty")
     unknown = [f for f in names if f not in FAMILIES]
@@ -202,6 +207,36 @@ def cmd_probe(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(a: argparse.Namespace) -> int:
+    from worlddrive.eval.compare import compare
+
+    base, new = _csv(a.base), _csv(a.new)
+    result = compare(base, new)
+    for part, label in (("training_layouts", "training-layout families"), ("heldout_layout", "held-out layout")):
+        g = result[part]
+        if g is None:
+            print(f"{label}: no episode evaluated under both")
+            continue
+        seeds = ", ".join(f"{d:+.3f}" for d in g["per_seed"])
+        print(
+            f"{label}: DS {g['gain']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] (95 % bootstrap over "
+            f"{g['episodes']} episodes); per training seed {seeds}"
+        )
+    train, held = result["training_layouts"] or {}, result["heldout_layout"] or {}
+    _result(
+        gain=train.get("gain"),
+        low=train.get("low"),
+        high=train.get("high"),
+        episodes=train.get("episodes", 0),
+        layout_gain=held.get("gain"),
+        layout_low=held.get("low"),
+        layout_high=held.get("high"),
+        layout_episodes=held.get("episodes", 0),
+        pairs=len(base),
+    )
+    return 0
+
+
 def cmd_eval(a: argparse.Namespace) -> int:
     from rich.console import Console
 
@@ -212,7 +247,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     if a.episodes <= 0 and not a.seeds:
         raise SystemExit(f"error: --episodes must be positive, got {a.episodes}")
-    policies = [p.strip() for p in a.policy.split(",") if p.strip()]
+    policies = _csv(a.policy)
     if not policies:
         raise SystemExit("error: --policy is empty")
     seeds = _seed_range(a.seeds) if a.seeds else eval_seeds(a.episodes)
@@ -667,6 +702,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default=None, help="also write the rows to this CSV file")
     _replan_argument(q)
     q.set_defaults(fn=cmd_probe)
+
+    c = sub.add_parser("compare", help="did it pay? one policy's DS minus another's on the same episodes, paired")
+    c.add_argument(
+        "--base",
+        required=True,
+        help="comma-separated `worlddrive eval --out` folders (DIR:NAME picks a policy), one per training seed",
+    )
+    c.add_argument("--new", required=True, help="as --base, in the same seed order: the i-th is paired with the i-th")
+    c.set_defaults(fn=cmd_compare)
 
     e = sub.add_parser("eval", help="closed-loop Drive Score per family on held-out seeds, with a report")
     e.add_argument(

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from worlddrive.eval.compare import paired_difference
 from worlddrive.eval.drivers import REPLAN_EVERY, check_replan_every, driver_name
 from worlddrive.eval.evaluate import EvalConfig, episode_ds, evaluate
 from worlddrive.eval.report import write_report
@@ -200,10 +201,7 @@ def aggregate(rows: list[dict]) -> list[dict]:
 def paired_gains(rows: list[dict], episodes: dict[str, dict[tuple[str, int], float]], boot: int = 2000) -> list[dict]:
     """What each world-model variant adds to action-only on the very same episodes: its DS minus action-only's at the
     same data fraction, and at 100 % (does less data with a world model match all of it without?), per episode and
-    training seed, averaged over both. `episodes[run name]` maps (family, seed) to DS.
-
-    The 95 % interval is a seeded bootstrap over episodes: it shows how much the luck of the draw of episodes could move
-    the gain, not how much another training seed would (two seeds cannot measure that; `per_seed` shows them)."""
+    training seed, averaged over both (`compare.paired_difference`). `episodes[run name]` maps (family, seed) to DS."""
     runs = {(r["variant"], r["fraction"], r["seed"]): r["run"] for r in rows}
     gains = []
     for variant, fraction in dict.fromkeys((v, f) for v, f, _ in runs if v != "action_only"):
@@ -212,25 +210,9 @@ def paired_gains(rows: list[dict], episodes: dict[str, dict[tuple[str, int], flo
             if not seeds:
                 continue
             pairs = [(episodes[runs[variant, fraction, s]], episodes[runs["action_only", against, s]]) for s in seeds]
-            keys = sorted(set.intersection(*(set(a) & set(b) for a, b in pairs)))
-            if not keys:
-                continue
-            diff = np.array([[a[k] - b[k] for k in keys] for a, b in pairs])  # (seeds, episodes)
-            mean = diff.mean(0)  # (episodes,) averaged over training seeds
-            picks = np.random.default_rng(0).integers(0, len(keys), (boot, len(keys)))
-            lo, hi = np.percentile(mean[picks].mean(1), [2.5, 97.5])
-            gains.append(
-                {
-                    "variant": variant,
-                    "fraction": fraction,
-                    "against": against,
-                    "gain": float(mean.mean()),
-                    "low": float(lo),
-                    "high": float(hi),
-                    "per_seed": [float(d.mean()) for d in diff],
-                    "episodes": len(keys),
-                }
-            )
+            gain = paired_difference(pairs, boot)
+            if gain is not None:
+                gains.append({"variant": variant, "fraction": fraction, "against": against, **gain})
     return gains
 
 

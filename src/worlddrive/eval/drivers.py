@@ -194,11 +194,12 @@ def load_policy(spec: str) -> WorldDrivePolicy:
 
 
 def driver_name(spec: str) -> str:
-    """A short, unique-enough label for tables: the baseline's name, builtin, or the run folder's name (+ @PACE)."""
+    """A short, unique-enough label for tables: the baseline's name, builtin, or the run folder's name (+ @PACE).
+    From the spec alone, so that records name their policy after its checkpoint has gone."""
     if spec in BASELINES:
         return spec
     checkpoint, pace = split_pace(spec)
-    path = policy_dir(checkpoint)
+    path = Path(checkpoint)
     name = "builtin" if checkpoint == "builtin" else path.parent.name if path.name == "policy" else path.name
     return f"{name}@{pace}" if pace else name
 
