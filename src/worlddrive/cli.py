@@ -208,10 +208,20 @@ def cmd_probe(a: argparse.Namespace) -> int:
 
 
 def cmd_compare(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     from worlddrive.eval.compare import compare
 
     base, new = _csv(a.base), _csv(a.new)
     result = compare(base, new)
+    table = Table(title="DS of --new minus --base per family, paired on the same episodes")
+    for col in ("family", "DS gain", "95 % interval", "per training seed", "episodes"):
+        table.add_column(col, justify="left" if col == "family" else "right")
+    for family, g in result["families"].items():
+        seeds = ", ".join(f"{d:+.3f}" for d in g["per_seed"])
+        table.add_row(family, f"{g['gain']:+.3f}", f"[{g['low']:+.3f}, {g['high']:+.3f}]", seeds, str(g["episodes"]))
+    Console(width=160).print(table)
     for part, label in (("training_layouts", "training-layout families"), ("heldout_layout", "held-out layout")):
         g = result[part]
         if g is None:

@@ -59,6 +59,8 @@ def test_compare_pairs_eval_folders_per_seed_and_splits_the_heldout_layout(tmp_p
     assert result["training_layouts"]["episodes"] == 8 and result["heldout_layout"]["episodes"] == 4
     assert result["training_layouts"]["gain"] == pytest.approx(0.1)
     assert result["heldout_layout"]["gain"] == pytest.approx(0.3)
+    assert {f: g["episodes"] for f, g in result["families"].items()} == {f: 4 for f in FAMILIES}
+    assert result["families"]["crosswalk"]["gain"] == pytest.approx(0.1)
     assert policy_scores(f"{a}:expert") == {k: 1.0 for k in base}
 
 

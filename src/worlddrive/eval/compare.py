@@ -59,14 +59,17 @@ def policy_scores(spec: str) -> Scores:
     return scores[learned[0]]
 
 
-def compare(base: list[str], new: list[str], boot: int = 2000) -> dict[str, dict | None]:
+def compare(base: list[str], new: list[str], boot: int = 2000) -> dict:
     """new[i] against base[i] (`policy_scores` specs; the i-th of each trained with the same seed), on the training
-    layouts and on the held-out layout family apart."""
+    layouts and on the held-out layout family apart, and per family (where a change gains and where it loses)."""
     if not base or len(base) != len(new):
         raise ValueError(f"compare needs as many new evaluations as base ones (one per training seed): {new} / {base}")
     pairs = [(policy_scores(n), policy_scores(b)) for n, b in zip(new, base, strict=True)]
-    result = {}
-    for part, held in PARTS.items():
-        split = [tuple({k: v for k, v in s.items() if (k[0] in HELDOUT_FAMILIES) == held} for s in p) for p in pairs]
-        result[part] = paired_difference(split, boot)
+
+    def only(keep) -> dict | None:
+        return paired_difference([tuple({k: v for k, v in s.items() if keep(k[0])} for s in p) for p in pairs], boot)
+
+    result: dict = {part: only(lambda f, held=held: (f in HELDOUT_FAMILIES) == held) for part, held in PARTS.items()}
+    families = dict.fromkeys(f for new_scores, _ in pairs for f, _ in new_scores)
+    result["families"] = {f: gain for f in families if (gain := only(lambda g, f=f: g == f)) is not None}
     return result
