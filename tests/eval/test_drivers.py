@@ -111,3 +111,23 @@ def test_replanning_every_n_steps_runs_the_network_every_n_steps_and_sees_every_
     assert reasoning.policy.predicts > policy.predicts and again.as_dict() == res.as_dict()
     with pytest.raises(ValueError, match="replan_every"):
         PolicyDriver(policy, replan_every=0)
+
+
+def test_an_ensemble_drives_its_members_mean_plan():
+    from worlddrive.sim.env import DriveEnv
+
+    driver = make_driver("builtin@path+builtin@action")
+    assert driver.name == "builtin@path+builtin@action"
+    members = [make_driver(s).policy for s in ("builtin@path", "builtin@action")]
+    env = DriveEnv({"family": "intersection_stop", "bev": False})
+    try:
+        obs, _ = env.reset(seed=3)
+        for m in [driver.policy, *members]:
+            m.reset()
+        plans = [m.predict(obs)["trajectory"] for m in members]
+        assert not np.allclose(*plans)  # the paces differ, so the mean is neither
+        assert np.allclose(driver.policy.predict(obs)["trajectory"], np.mean(plans, axis=0))
+    finally:
+        env.close()
+    with pytest.raises(FileNotFoundError, match="no checkpoint there"):
+        make_driver("builtin+nowhere")

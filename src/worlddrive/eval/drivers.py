@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from worlddrive.models import WorldDrivePolicy
 
 BASELINES = ("expert", "constant-velocity", "idm")
+ENSEMBLE_SEP = "+"  # `--policy A+B`: checkpoints A and B drive as one, their plans averaged
 # A learned policy's network runs every 5 env steps (2 Hz, the rate of the keyframes it is trained on) and its plan
 # is driven in between. On training seeds 200-205 the builtin scored DS 0.32 replanning every step, 0.39 every 3,
 # 0.47 every 5, 0.38 every 10 (results/README.md), and the closed loop runs ~3x faster.
@@ -134,6 +135,28 @@ class PolicyDriver:
         return ExpertOutput(*self.controller(traj, float(state.ego[EGO_SPEED])), traj)
 
 
+class PlanEnsemble:
+    """Several checkpoints driving as one (`--policy A+B`): each sees every frame, the plan is the mean of their
+    plans. Cloned policies of different training seeds err in different places (one seed to the next moved DS by
+    0.05-0.11, results/README.md session 18), so their mean may drive better than either."""
+
+    def __init__(self, members: list[WorldDrivePolicy]):
+        self.members = members
+
+    def reset(self) -> None:
+        for m in self.members:
+            m.reset()
+
+    def observe(self, obs: dict) -> None:
+        for m in self.members:
+            m.observe(obs)
+
+    def predict(self, obs: dict, reason: bool = False) -> dict:
+        """The members' mean trajectory (W, 3); reasoning from the first member."""
+        preds = [m.predict(obs, reason=reason and not i) for i, m in enumerate(self.members)]
+        return {**preds[0], "trajectory": np.mean([p["trajectory"] for p in preds], axis=0)}
+
+
 def shift_plan(traj: np.ndarray, planned_at: np.ndarray, ego: np.ndarray, elapsed: float) -> np.ndarray:
     """A plan (W, 3) made `elapsed` seconds ago from ego state `planned_at`, as the waypoints it asks for at
     0.5 s, 1 s, ... from now, in the current ego frame. Times past the plan's horizon extend its last segment."""
@@ -183,7 +206,14 @@ def make_driver(spec: str, reason_every: int = 0, plan: bool = False, replan_eve
         return IdmDriver(plan=plan)
     if spec == "constant-velocity":
         return ConstantVelocityDriver()
-    return PolicyDriver(load_policy(spec), driver_name(spec), reason_every, replan_every)
+    members = ensemble_members(spec)
+    policy = load_policy(spec) if len(members) == 1 else PlanEnsemble([load_policy(m) for m in members])
+    return PolicyDriver(policy, driver_name(spec), reason_every, replan_every)
+
+
+def ensemble_members(spec: str) -> list[str]:
+    """The checkpoint specs of a --policy value: `A+B` drives A and B as one `PlanEnsemble`; anything else is one."""
+    return spec.split(ENSEMBLE_SEP)
 
 
 def load_policy(spec: str) -> WorldDrivePolicy:
@@ -198,6 +228,8 @@ def driver_name(spec: str) -> str:
     From the spec alone, so that records name their policy after its checkpoint has gone."""
     if spec in BASELINES:
         return spec
+    if ENSEMBLE_SEP in spec:
+        return ENSEMBLE_SEP.join(driver_name(m) for m in ensemble_members(spec))
     checkpoint, pace = split_pace(spec)
     path = Path(checkpoint)
     name = "builtin" if checkpoint == "builtin" else path.parent.name if path.name == "policy" else path.name

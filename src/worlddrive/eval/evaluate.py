@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 
 from worlddrive.eval.closed_loop import EpisodeJob, EpisodeResult, family_table, run_episodes
-from worlddrive.eval.drivers import BASELINES, REPLAN_EVERY, check_replan_every, driver_name, load_policy
+from worlddrive.eval.drivers import (
+    BASELINES,
+    REPLAN_EVERY,
+    check_replan_every,
+    driver_name,
+    ensemble_members,
+    load_policy,
+)
 from worlddrive.eval.rollout import RolloutJob, render_rollout
 from worlddrive.fileio import write_json_atomic
 from worlddrive.parallel import run_jobs
@@ -166,8 +173,8 @@ def _open_loop(cfg: EvalConfig, specs: list[str], names: dict[str, str], summary
     if not len(val):
         print(f"no open-loop metrics: {cfg.data} has no val episodes", flush=True)
         return
-    for spec in specs:
-        if spec not in BASELINES:
+    for spec in specs:  # per checkpoint: an ensemble's open-loop metrics are its members'
+        if spec not in BASELINES and len(ensemble_members(spec)) == 1:
             policy = load_policy(spec)
             summary["policies"][names[spec]]["open_loop"] = open_loop_metrics(policy, val, cfg.open_loop_samples)
 
