@@ -67,7 +67,9 @@ class PolicyConfig:
     ego_history: bool = True
     # the ego's own speed and acceleration as inputs. Without them the plan has to come from what the scene asks for
     # (camera, command, map inputs), not from the speed the ego has: cloned with them, the plan held whatever speed it
-    # had, so a policy that braked early crawled on at 0.3-0.8 m/s short of the line (results/README.md, session 16)
+    # had, so a policy that braked early crawled on at 0.3-0.8 m/s short of the line (results/README.md, session 16).
+    # Without them the crawl ended, but stop lines were rolled and the plans asked for harsh accelerations: DS -0.11
+    # over two seeds (session 19), so on by default
     speed_input: bool = True
     # with ego_history, the share of training samples whose history is hidden (set to its dataset mean, which is
     # driving straight on): ChauffeurNet's past-motion dropout, so that steering must also come from the camera
