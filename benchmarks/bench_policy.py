@@ -1,7 +1,7 @@
 """Decision latency of learned policies in the 10 Hz loop (openpilot modeld style): DESIGN's real-time target is a
 fast-path decision p95 <= 15 ms on 2 CPU cores, with no missed 100 ms tick.
 
-    PYTHONPATH=src python benchmarks/bench_policy.py [--policy builtin,runs/x] [--steps 300] [--threads 2]
+    PYTHONPATH=src python benchmarks/bench_policy.py [--policy builtin,runs/x,runs/a+runs/b] [--steps 300] [--threads 2]
 
 The expert drives one `urban_mixed` episode in the gymnasium env and its camera observations are kept (rendering is
 not timed). Each policy then sees them one by one as in closed loop: `select_action` (history update, one forward
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import worlddrive.sim  # noqa: F401  registers worlddrive/Drive-v0
-from worlddrive.eval.drivers import policy_dir
+from worlddrive.eval.drivers import PlanEnsemble, load_policy
 from worlddrive.models import WorldDrivePolicy
 
 TICK_S = 0.1  # the loop's period: a decision slower than this misses a tick
@@ -41,7 +41,7 @@ def observations(steps: int, seed: int) -> list[dict]:
     return out
 
 
-def decision_times(policy: WorldDrivePolicy, obs: list[dict]) -> np.ndarray:
+def decision_times(policy: WorldDrivePolicy | PlanEnsemble, obs: list[dict]) -> np.ndarray:
     """Seconds per `select_action` call after the warm-up."""
     policy.reset()
     times = np.empty(len(obs))
@@ -54,7 +54,9 @@ def decision_times(policy: WorldDrivePolicy, obs: list[dict]) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--policy", default="builtin", help="comma-separated: builtin or RUN folders")
+    parser.add_argument(
+        "--policy", default="builtin", help="comma-separated: builtin or RUN folders (RUN@PACE, ensembles A+B)"
+    )
     parser.add_argument("--steps", type=int, default=300, help="env steps (decisions) per policy")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -66,7 +68,7 @@ def main() -> None:
     obs = observations(args.steps, args.seed)
     results = []
     for spec in args.policy.split(","):
-        policy = WorldDrivePolicy.from_pretrained(policy_dir(spec))
+        policy = load_policy(spec)
         t = decision_times(policy, obs) * 1e3
         missed = int((t > TICK_S * 1e3).sum())
         print(

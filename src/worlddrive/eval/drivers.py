@@ -151,6 +151,9 @@ class PlanEnsemble:
         for m in self.members:
             m.observe(obs)
 
+    def select_action(self, obs: dict) -> np.ndarray:
+        return self.predict(obs)["trajectory"]
+
     def predict(self, obs: dict, reason: bool = False) -> dict:
         """The members' mean trajectory (W, 3); reasoning from the first member."""
         preds = [m.predict(obs, reason=reason and not i) for i, m in enumerate(self.members)]
@@ -206,9 +209,7 @@ def make_driver(spec: str, reason_every: int = 0, plan: bool = False, replan_eve
         return IdmDriver(plan=plan)
     if spec == "constant-velocity":
         return ConstantVelocityDriver()
-    members = ensemble_members(spec)
-    policy = load_policy(spec) if len(members) == 1 else PlanEnsemble([load_policy(m) for m in members])
-    return PolicyDriver(policy, driver_name(spec), reason_every, replan_every)
+    return PolicyDriver(load_policy(spec), driver_name(spec), reason_every, replan_every)
 
 
 def ensemble_members(spec: str) -> list[str]:
@@ -216,8 +217,11 @@ def ensemble_members(spec: str) -> list[str]:
     return spec.split(ENSEMBLE_SEP)
 
 
-def load_policy(spec: str) -> WorldDrivePolicy:
-    """The WorldDrivePolicy a --policy value names, at its @PACE if it has one."""
+def load_policy(spec: str) -> WorldDrivePolicy | PlanEnsemble:
+    """The WorldDrivePolicy a --policy value names, at its @PACE if it has one; `A+B`: a PlanEnsemble of them."""
+    members = ensemble_members(spec)
+    if len(members) > 1:
+        return PlanEnsemble([load_policy(m) for m in members])
     from worlddrive.models import WorldDrivePolicy  # torch is imported only when a learned policy drives
 
     return WorldDrivePolicy.from_pretrained(policy_dir(spec), pace=split_pace(spec)[1])
