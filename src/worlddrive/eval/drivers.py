@@ -155,9 +155,11 @@ class PlanEnsemble:
         return self.predict(obs)["trajectory"]
 
     def predict(self, obs: dict, reason: bool = False) -> dict:
-        """The members' mean trajectory (W, 3); reasoning from the first member."""
+        """As `WorldDrivePolicy.predict`: the members' mean trajectory (W, 3), as the only sample (1, W, 3), and the
+        first member's reasoning."""
         preds = [m.predict(obs, reason=reason and not i) for i, m in enumerate(self.members)]
-        return {**preds[0], "trajectory": np.mean([p["trajectory"] for p in preds], axis=0)}
+        mean = np.mean([p["trajectory"] for p in preds], axis=0)
+        return {"trajectory": mean, "samples": mean[None], "reasoning": preds[0]["reasoning"]}
 
 
 def shift_plan(traj: np.ndarray, planned_at: np.ndarray, ego: np.ndarray, elapsed: float) -> np.ndarray:
