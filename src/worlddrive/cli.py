@@ -213,24 +213,26 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
     from worlddrive.eval.compare import compare
 
+    def per_seed(g: dict) -> str:
+        return ", ".join(f"{d:+.3f}" for d in g["per_seed"])
+
     base, new = _csv(a.base), _csv(a.new)
     result = compare(base, new)
     table = Table(title="DS of --new minus --base per family, paired on the same episodes")
     for col in ("family", "DS gain", "95 % interval", "per training seed", "episodes"):
         table.add_column(col, justify="left" if col == "family" else "right")
     for family, g in result["families"].items():
-        seeds = ", ".join(f"{d:+.3f}" for d in g["per_seed"])
-        table.add_row(family, f"{g['gain']:+.3f}", f"[{g['low']:+.3f}, {g['high']:+.3f}]", seeds, str(g["episodes"]))
+        interval = f"[{g['low']:+.3f}, {g['high']:+.3f}]"
+        table.add_row(family, f"{g['gain']:+.3f}", interval, per_seed(g), str(g["episodes"]))
     Console(width=160).print(table)
     for part, label in (("training_layouts", "training-layout families"), ("heldout_layout", "held-out layout")):
         g = result[part]
         if g is None:
             print(f"{label}: no episode evaluated under both")
             continue
-        seeds = ", ".join(f"{d:+.3f}" for d in g["per_seed"])
         print(
             f"{label}: DS {g['gain']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] (95 % bootstrap over "
-            f"{g['episodes']} episodes); per training seed {seeds}"
+            f"{g['episodes']} episodes); per training seed {per_seed(g)}"
         )
     train, held = result["training_layouts"] or {}, result["heldout_layout"] or {}
     _result(
