@@ -211,10 +211,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from worlddrive.eval.compare import compare
-
-    def per_seed(g: dict) -> str:
-        return ", ".join(f"{d:+.3f}" for d in g["per_seed"])
+    from worlddrive.eval.compare import compare, per_seed_text
 
     base, new = _csv(a.base), _csv(a.new)
     result = compare(base, new)
@@ -223,7 +220,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
         table.add_column(col, justify="left" if col == "family" else "right")
     for family, g in result["families"].items():
         interval = f"[{g['low']:+.3f}, {g['high']:+.3f}]"
-        table.add_row(family, f"{g['gain']:+.3f}", interval, per_seed(g), str(g["episodes"]))
+        table.add_row(family, f"{g['gain']:+.3f}", interval, per_seed_text(g), str(g["episodes"]))
     Console(width=160).print(table)
     for part, label in (("training_layouts", "training-layout families"), ("heldout_layout", "held-out layout")):
         g = result[part]
@@ -232,7 +229,7 @@ def cmd_compare(a: argparse.Namespace) -> int:
             continue
         print(
             f"{label}: DS {g['gain']:+.4f} [{g['low']:+.4f}, {g['high']:+.4f}] (95 % bootstrap over "
-            f"{g['episodes']} episodes); per training seed {per_seed(g)}"
+            f"{g['episodes']} episodes); per training seed {per_seed_text(g)}"
         )
     train, held = result["training_layouts"] or {}, result["heldout_layout"] or {}
     _result(

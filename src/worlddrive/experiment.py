@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from worlddrive.eval.compare import paired_difference
+from worlddrive.eval.compare import paired_difference, per_seed_text
 from worlddrive.eval.drivers import REPLAN_EVERY, check_replan_every, driver_name
 from worlddrive.eval.evaluate import EvalConfig, episode_ds, evaluate
 from worlddrive.eval.report import write_report
@@ -246,10 +246,9 @@ def table_markdown(result: dict) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         for g in result["gains"]:
-            seeds = ", ".join(f"{d:+.3f}" for d in g["per_seed"])
             lines.append(
                 f"| {g['variant']} | {g['fraction']:.0%} | {g['against']:.0%} | {g['gain']:+.3f} | "
-                f"[{g['low']:+.3f}, {g['high']:+.3f}] | {seeds} | {g['episodes']} |"
+                f"[{g['low']:+.3f}, {g['high']:+.3f}] | {per_seed_text(g)} | {g['episodes']} |"
             )
     return "\n".join(lines) + "\n"
 

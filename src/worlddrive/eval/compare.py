@@ -41,6 +41,11 @@ def paired_difference(pairs: list[tuple[Scores, Scores]], boot: int = 2000) -> d
     }
 
 
+def per_seed_text(gain: dict) -> str:
+    """A `paired_difference`'s gain per training seed, as tables print it: "+0.062, -0.104"."""
+    return ", ".join(f"{d:+.3f}" for d in gain["per_seed"])
+
+
 def policy_scores(spec: str) -> Scores:
     """`DIR` or `DIR:NAME`: the per-episode DS of one policy evaluated into DIR (`worlddrive eval --out DIR`). NAME is
     the policy's name in DIR's tables; without it, DIR must hold exactly one policy besides the baselines."""

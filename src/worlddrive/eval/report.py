@@ -18,6 +18,8 @@ from urllib.parse import quote
 import numpy as np
 from matplotlib.figure import Figure
 
+from worlddrive.eval.compare import per_seed_text
+
 ASSETS = "report_assets"
 EXPERT = "expert"
 DS_TARGET = 0.95  # DESIGN.md targets: learned DS ≥ 0.95 × expert, ≥ 0.90 × on the held-out layout
@@ -357,7 +359,7 @@ def _gains_table(gains: list[dict]) -> str:
     trs = "".join(
         f'<tr><td class="name">{_e(g["variant"])}</td><td>{g["fraction"]:.0%}</td><td>{g["against"]:.0%}</td>'
         f"<td>{g['gain']:+.3f}</td><td>[{g['low']:+.3f}, {g['high']:+.3f}]</td>"
-        f"<td>{_e(', '.join(f'{d:+.3f}' for d in g['per_seed']))}</td><td>{g['episodes']}</td></tr>"
+        f"<td>{_e(per_seed_text(g))}</td><td>{g['episodes']}</td></tr>"
         for g in gains
     )
     return f"""
