@@ -41,6 +41,8 @@ def test_generate_validate_show(tmp_path, capsys):
         (["eval", "--policy", "nope", "--out", "X"], "--policy .nope.: no checkpoint there"),
         (["eval", "--seeds", "9-3", "--out", "X"], "empty or negative"),
         (["drive", "--family", "moon"], "unknown family moon"),
+        (["export", "--policy", "builtin+builtin", "--out", "X"], "export one checkpoint at a time"),
+        (["export", "--policy", "nope", "--out", "X"], "--policy .nope.: no checkpoint there"),
     ],
 )
 def test_bad_arguments_are_named(argv, message, tmp_path, monkeypatch):

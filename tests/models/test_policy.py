@@ -200,7 +200,7 @@ def test_the_closed_loops_first_second_is_what_the_dataset_shows(make_policy) ->
     for step in range(PAST * KEY_EVERY + 1):
         policy.observe(observer(state))
         if step % KEY_EVERY == 0:
-            key, batch = step // KEY_EVERY, policy._history_batch()
+            key, batch = step // KEY_EVERY, policy.history_batch()
             frames = torch.from_numpy(record.frames[key : key + PAST + 1]).permute(0, 3, 1, 2)  # rows: keyframe + PAST
             assert torch.equal(batch["camera"][0], frames), f"keyframe {key}"
             torch.testing.assert_close(batch["past_trajectory"][0], torch.from_numpy(record.past_trajectory[key]))
@@ -330,7 +330,7 @@ def test_a_policy_reading_the_map_takes_it_from_the_observation(make_policy, fla
         assert 0 < obs["stop_distance"] < STOP_HORIZON  # this seed starts 41 m before its stop sign
         policy.reset()
         policy.observe(obs)
-        batch = policy._history_batch()
+        batch = policy.history_batch()
         for name in MAP_INPUTS[flag]:
             assert batch[name].tolist() == [pytest.approx(float(obs[name]))]
             without = {k: v for k, v in obs.items() if k != name}

@@ -22,6 +22,7 @@ from worlddrive.sim.world import World
 
 if TYPE_CHECKING:
     from worlddrive.models import WorldDrivePolicy
+    from worlddrive.models.onnx_runtime import OnnxPolicy
 
 BASELINES = ("expert", "constant-velocity", "idm")
 ENSEMBLE_SEP = "+"  # `--policy A+B`: checkpoints A and B drive as one, their plans averaged
@@ -219,14 +220,27 @@ def ensemble_members(spec: str) -> list[str]:
     return spec.split(ENSEMBLE_SEP)
 
 
-def load_policy(spec: str) -> WorldDrivePolicy | PlanEnsemble:
-    """The WorldDrivePolicy a --policy value names, at its @PACE if it has one; `A+B`: a PlanEnsemble of them."""
+def load_policy(spec: str) -> WorldDrivePolicy | OnnxPolicy | PlanEnsemble:
+    """The policy a --policy value names, at its @PACE if it has one: a WorldDrivePolicy, or an OnnxPolicy for a
+    folder `worlddrive export` wrote; `A+B`: a PlanEnsemble of them."""
     members = ensemble_members(spec)
     if len(members) > 1:
         return PlanEnsemble([load_policy(m) for m in members])
     from worlddrive.models import WorldDrivePolicy  # torch is imported only when a learned policy drives
+    from worlddrive.models.onnx_runtime import OnnxPolicy
 
-    return WorldDrivePolicy.from_pretrained(policy_dir(spec), pace=split_pace(spec)[1])
+    directory, pace = policy_dir(spec), split_pace(spec)[1]
+    if on_onnx_runtime(spec):
+        return OnnxPolicy(directory, pace)
+    return WorldDrivePolicy.from_pretrained(directory, pace=pace)
+
+
+def on_onnx_runtime(spec: str) -> bool:
+    """True when the checkpoint a --policy value names holds a graph from `worlddrive export`: it drives on ONNX
+    Runtime."""
+    from worlddrive.models.onnx_runtime import ONNX_FILE
+
+    return (policy_dir(spec) / ONNX_FILE).is_file()
 
 
 def driver_name(spec: str) -> str:

@@ -23,6 +23,7 @@ from worlddrive.eval.drivers import (
     driver_name,
     ensemble_members,
     load_policy,
+    on_onnx_runtime,
 )
 from worlddrive.eval.rollout import RolloutJob, render_rollout
 from worlddrive.fileio import write_json_atomic
@@ -174,9 +175,13 @@ def _open_loop(cfg: EvalConfig, specs: list[str], names: dict[str, str], summary
         print(f"no open-loop metrics: {cfg.data} has no val episodes", flush=True)
         return
     for spec in specs:  # per checkpoint: an ensemble's open-loop metrics are its members'
-        if spec not in BASELINES and len(ensemble_members(spec)) == 1:
-            policy = load_policy(spec)
-            summary["policies"][names[spec]]["open_loop"] = open_loop_metrics(policy, val, cfg.open_loop_samples)
+        if spec in BASELINES or len(ensemble_members(spec)) > 1:
+            continue
+        if on_onnx_runtime(spec):  # they would measure the checkpoint's eager weights, not its graph
+            print(f"no open-loop metrics for {spec}: it drives on ONNX Runtime", flush=True)
+            continue
+        policy = load_policy(spec)
+        summary["policies"][names[spec]]["open_loop"] = open_loop_metrics(policy, val, cfg.open_loop_samples)
 
 
 def _gallery(
