@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from worlddrive.eval.drivers import load_policy
 from worlddrive.models.onnx_runtime import EXPORT_FILE, ONNX_FILE, OnnxPolicy, export_onnx
@@ -65,7 +66,7 @@ def test_an_int8_export_is_smaller_and_drives_near_the_eager_plan(make_policy, o
     assert np.abs(plans - eager).max() < 5.0
 
 
-def test_what_cannot_export_or_drive_is_refused_by_name(make_policy, observations, tmp_path: Path) -> None:
+def test_what_cannot_export_or_drive_is_refused_by_name(make_policy, observations, tmp_path: Path, monkeypatch) -> None:
     make_policy(action_expert="flow").save_pretrained(tmp_path / "flow")
     with pytest.raises(ValueError, match="only 'query' exports"):
         export_onnx(tmp_path / "flow", tmp_path / "out")
@@ -76,3 +77,12 @@ def test_what_cannot_export_or_drive_is_refused_by_name(make_policy, observation
     bad = dict(observations[0], ego=np.full(7, np.nan, np.float32))
     with pytest.raises(ValueError, match="'ego' has non-finite"):
         fast.predict(bad)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the exporter broke")
+
+    monkeypatch.setattr(torch.onnx, "export", broken)
+    with pytest.raises(RuntimeError, match="the exporter broke"):  # a failed export leaves the older one as it was
+        export_onnx(tmp_path / "eager", tmp_path / "fast", int8=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eager", "fast", "flow"]
+    assert not json.loads((tmp_path / "fast" / EXPORT_FILE).read_text())["int8"]

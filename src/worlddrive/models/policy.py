@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from worlddrive.data.record import AGENT_FIELDS, COMMANDS, FUTURE, KEY_EVERY, MAX_AGENTS, PAST, assumed_past_pose
+from worlddrive.fileio import replace_folder
 from worlddrive.models.action import make_action_expert
 from worlddrive.models.backbone import Layout, make_backbone
 from worlddrive.models.config import PolicyConfig
@@ -455,7 +456,7 @@ class WorldDrivePolicy(nn.Module):
         rename it to `directory` (replacing an older checkpoint there), so a reader never sees half a checkpoint."""
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp, old = (directory.with_name(f".{directory.name}.{tag}-{os.getpid()}") for tag in ("tmp", "old"))
+        tmp = directory.with_name(f".{directory.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
@@ -468,10 +469,7 @@ class WorldDrivePolicy(nn.Module):
         vq = getattr(self.world_model, "tokenizer", None)
         if vq is not None:  # the frozen VQ tokenizer the `vq` head reads: a checkpoint must load on its own
             vq.save(tmp / VQ_DIR)
-        if directory.exists():
-            os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, directory)
         return directory
 
     @classmethod
