@@ -52,6 +52,11 @@ def test_the_exported_graph_drives_as_the_eager_checkpoint(make_policy, observat
     )
     # the pace is the folder's config's unless the spec names another, as for eager checkpoints
     assert load_policy(f"{tmp_path / 'fast'}@path").policy.config.pace == "path"
+    # members on ONNX Runtime decide side by side in an ensemble, which drives their mean plan
+    specs = [str(tmp_path / "fast"), f"{tmp_path / 'fast'}@path"]
+    ensemble = load_policy("+".join(specs))
+    members = np.mean([_drive(load_policy(s), observations) for s in specs], axis=0)
+    np.testing.assert_allclose(_drive(ensemble, observations), members, atol=1e-6)
 
 
 def test_an_int8_export_is_smaller_and_drives_near_the_eager_plan(make_policy, observations, tmp_path: Path) -> None:

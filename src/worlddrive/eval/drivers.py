@@ -7,6 +7,7 @@ A driver has `reset(world)` and `act(state) -> ExpertOutput` (controls, the traj
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -141,8 +142,14 @@ class PlanEnsemble:
     plans. Cloned policies of different training seeds err in different places (one seed to the next moved DS by
     0.05-0.11, results/README.md session 18), so their mean may drive better than either."""
 
-    def __init__(self, members: list[WorldDrivePolicy]):
+    def __init__(self, members: list[WorldDrivePolicy | OnnxPolicy]):
         self.members = members
+        # members on ONNX Runtime decide side by side (it frees the GIL; `load_policy` gives each a share of the
+        # threads): an ensemble then costs about one member's time on 2 cores, not the sum
+        from worlddrive.models.onnx_runtime import OnnxPolicy
+
+        parallel = all(isinstance(m, OnnxPolicy) for m in members)
+        self._pool = ThreadPoolExecutor(len(members)) if parallel and len(members) > 1 else None
 
     def reset(self) -> None:
         for m in self.members:
@@ -158,7 +165,11 @@ class PlanEnsemble:
     def predict(self, obs: dict, reason: bool = False) -> dict:
         """As `WorldDrivePolicy.predict`: the members' mean trajectory (W, 3), as the only sample (1, W, 3), and the
         first member's reasoning."""
-        preds = [m.predict(obs, reason=reason and not i) for i, m in enumerate(self.members)]
+        asks = [(m, reason and not i) for i, m in enumerate(self.members)]
+        if self._pool is None:
+            preds = [m.predict(obs, reason=r) for m, r in asks]
+        else:
+            preds = list(self._pool.map(lambda ask: ask[0].predict(obs, reason=ask[1]), asks))
         mean = np.mean([p["trajectory"] for p in preds], axis=0)
         return {"trajectory": mean, "samples": mean[None], "reasoning": preds[0]["reasoning"]}
 
@@ -220,18 +231,20 @@ def ensemble_members(spec: str) -> list[str]:
     return spec.split(ENSEMBLE_SEP)
 
 
-def load_policy(spec: str) -> WorldDrivePolicy | OnnxPolicy | PlanEnsemble:
+def load_policy(spec: str, threads: int | None = None) -> WorldDrivePolicy | OnnxPolicy | PlanEnsemble:
     """The policy a --policy value names, at its @PACE if it has one: a WorldDrivePolicy, or an OnnxPolicy for a
-    folder `worlddrive export` wrote; `A+B`: a PlanEnsemble of them."""
+    folder `worlddrive export` wrote (on `threads`, torch's number by default); `A+B`: a PlanEnsemble of them."""
     members = ensemble_members(spec)
-    if len(members) > 1:
-        return PlanEnsemble([load_policy(m) for m in members])
-    from worlddrive.models import WorldDrivePolicy  # torch is imported only when a learned policy drives
+    import torch  # only when a learned policy drives
+
+    from worlddrive.models import WorldDrivePolicy
     from worlddrive.models.onnx_runtime import OnnxPolicy
 
+    if len(members) > 1:
+        return PlanEnsemble([load_policy(m, max(1, torch.get_num_threads() // len(members))) for m in members])
     directory, pace = policy_dir(spec), split_pace(spec)[1]
     if on_onnx_runtime(spec):
-        return OnnxPolicy(directory, pace)
+        return OnnxPolicy(directory, pace, threads)
     return WorldDrivePolicy.from_pretrained(directory, pace=pace)
 
 

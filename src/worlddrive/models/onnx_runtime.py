@@ -161,6 +161,8 @@ class OnnxPolicy:
         self.export = json.loads((directory / EXPORT_FILE).read_text())
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
+        # idle pool threads sleep instead of spinning: spinning ones starve torch's, which embed the next frame
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(directory / ONNX_FILE, options, providers=["CPUExecutionProvider"])
         self.names = [i.name for i in self.session.get_inputs()]
 
