@@ -3,6 +3,9 @@ fast-path decision p95 <= 15 ms on 2 CPU cores, with no missed 100 ms tick.
 
     PYTHONPATH=src python benchmarks/bench_policy.py [--policy builtin,runs/x,runs/a+runs/b] [--steps 300] [--threads 2]
 
+A folder `worlddrive export` wrote runs on ONNX Runtime (`--policy runs/x_int8`), timed the same way: one decision
+end to end, the eager parts (frame embedding, history, pace) included.
+
 The expert drives one `urban_mixed` episode in the gymnasium env and its camera observations are kept (rendering is
 not timed). Each policy then sees them one by one as in closed loop: `select_action` (history update, one forward
 pass, no reasoning) every step, i.e. `--replan-every 1`, the worst case; the first 10 decisions warm up and are not
