@@ -234,12 +234,12 @@ def ensemble_members(spec: str) -> list[str]:
 def load_policy(spec: str, threads: int | None = None) -> WorldDrivePolicy | OnnxPolicy | PlanEnsemble:
     """The policy a --policy value names, at its @PACE if it has one: a WorldDrivePolicy, or an OnnxPolicy for a
     folder `worlddrive export` wrote (on `threads`, torch's number by default); `A+B`: a PlanEnsemble of them."""
-    members = ensemble_members(spec)
     import torch  # only when a learned policy drives
 
     from worlddrive.models import WorldDrivePolicy
     from worlddrive.models.onnx_runtime import OnnxPolicy
 
+    members = ensemble_members(spec)
     if len(members) > 1:
         return PlanEnsemble([load_policy(m, max(1, torch.get_num_threads() // len(members))) for m in members])
     directory, pace = policy_dir(spec), split_pace(spec)[1]
