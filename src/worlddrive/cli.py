@@ -733,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--new", required=True, help="as --base, in the same seed order: the i-th is paired with the i-th")
     c.set_defaults(fn=cmd_compare)
 
-    o = sub.add_parser("export", help="a checkpoint with its decision as an ONNX graph (int8: ~2x faster on CPU)")
+    o = sub.add_parser("export", help="a checkpoint with its decision as an ONNX graph (int8: 1.3-1.7x eager here)")
     o.add_argument("--policy", required=True, help="builtin or a RUN folder (RUN@PACE drives at that pace)")
     o.add_argument("--out", required=True, help="the new checkpoint folder; drive it as --policy OUT")
     o.add_argument("--int8", action="store_true", help="int8 weights for the matrix products (dynamic quantization)")

@@ -159,7 +159,6 @@ class OnnxPolicy:
 
         directory = Path(directory)
         self.policy = WorldDrivePolicy.from_pretrained(directory, pace=pace)
-        self.export = json.loads((directory / EXPORT_FILE).read_text())
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or torch.get_num_threads()
         # idle pool threads sleep instead of spinning: spinning ones starve torch's, which embed the next frame
