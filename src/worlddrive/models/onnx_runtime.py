@@ -31,7 +31,7 @@ from worlddrive.fileio import replace_folder
 from worlddrive.models.lateral import along_path
 from worlddrive.models.policy import WorldDrivePolicy, check_finite
 from worlddrive.sim.camera import CameraConfig
-from worlddrive.sim.state import EGO_SPEED, STOP_HORIZON
+from worlddrive.sim.state import STOP_HORIZON
 
 ONNX_FILE = "model.onnx"
 EXPORT_FILE = "export.json"  # how the graph was made: int8 or not, from which checkpoint, its error against eager
@@ -48,13 +48,9 @@ class FastPath(nn.Module):
         self.names = names
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        policy, batch = self.policy, dict(zip(self.names, tensors, strict=True))
-        hidden, layout = policy.encode(batch, reasoning=False)  # (B, L, D)
-        speed = batch["ego"][:, EGO_SPEED]  # (B,)
-        plan = policy.denormalise(policy.action_expert.predict(hidden[:, layout["action"]])[:, 0], speed)
-        if policy.lateral is None:
-            return plan, torch.zeros_like(plan)
-        return plan, policy.denormalise(policy._lateral(batch), speed)
+        plans, path = self.policy.plan_and_path(dict(zip(self.names, tensors, strict=True)))
+        plan = plans[:, 0]  # (B, W, 3): the query expert's one plan
+        return plan, torch.zeros_like(plan) if path is None else path
 
 
 def graph_inputs(policy: WorldDrivePolicy, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

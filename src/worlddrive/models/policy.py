@@ -319,13 +319,21 @@ class WorldDrivePolicy(nn.Module):
     ) -> torch.Tensor:
         """K trajectories per sample (B, K, W, 3) in metres / radians, ego frame. Runs no reasoning. With the
         lateral head, every sample goes along the head's path, as far as config.pace says."""
-        batch = self._to_device(batch)
+        plan, path = self.plan_and_path(self._to_device(batch), num_samples, generator)
+        if path is not None:  # (B, K, W, 3)
+            plan = along_path(plan, path, self.config.pace)
+        return plan
+
+    def plan_and_path(
+        self, batch: dict[str, Any], num_samples: int = 1, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A decision's network before the pace puts the plans on the path: the action expert's K plans (B, K, W, 3)
+        and the lateral head's path (B, W, 3), None without the head; metres / radians, ego frame. Also the graph
+        `worlddrive export` traces (onnx_runtime.py)."""
         hidden, layout = self.encode(batch, reasoning=False)
         speed = batch["ego"][:, EGO_SPEED]  # (B,)
         plan = self.denormalise(self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator), speed)
-        if self.lateral is not None:  # (B, K, W, 3)
-            plan = along_path(plan, self.denormalise(self._lateral(batch), speed), self.config.pace)
-        return plan
+        return plan, None if self.lateral is None else self.denormalise(self._lateral(batch), speed)
 
     @torch.no_grad()
     def generate_tokens(
