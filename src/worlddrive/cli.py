@@ -575,12 +575,12 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_experiment(a: argparse.Namespace) -> int:
-    from worlddrive.experiment import AblationConfig, ablation
+    from worlddrive.experiment import DEFAULT_VARIANTS, AblationConfig, ablation
 
     out = _writable_dir(Path(a.out))
     cfg = AblationConfig(
         data=a.data,
-        variants=[v for v in a.variants.split(",") if v],
+        variants=[v for v in a.variants.split(",") if v] if a.variants else list(DEFAULT_VARIANTS),
         fractions=[float(f) for f in a.fractions.split(",") if f],
         seeds=[int(s) for s in a.seeds.split(",") if s],
         config=a.config,
@@ -871,8 +871,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--out", default="out/ablation")
     x.add_argument(
         "--variants",
-        default="action_only,vq,frame,bev,all",
-        help="comma separated, out of action_only, vq, frame, bev, all (vq,frame,bev), frame_bev (frame,bev)",
+        help="comma separated, out of action_only, vq, frame, bev, all (vq,frame,bev), frame_bev (frame,bev); "
+        "default: action_only, each head alone, then all",
     )
     x.add_argument("--fractions", default="0.25,0.5,1")
     x.add_argument("--seeds", default="0,1", help="training seeds, comma separated")

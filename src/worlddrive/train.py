@@ -231,6 +231,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
     from torch.utils.tensorboard import SummaryWriter
 
+    owns_group = not dist.is_initialized()
     rank, world, device = ddp_setup()
     if cfg.batch_size % world:
         raise ValueError(f"global batch_size {cfg.batch_size} must be divisible by the {world} DDP processes")
@@ -310,5 +311,9 @@ def train(
             break
     if writer is not None:
         writer.close()
+    if world > 1:  # no rank returns before rank 0 has saved; a group torn down under a busy peer aborts gloo
+        dist.barrier()
+        if owns_group:
+            dist.destroy_process_group()
     rate = seen / max(time.time() - t0, 1e-9) if seen else meta.get("samples_per_s", 0.0)
     return {**logs, "step": step, "skipped": meta["skipped"], "samples_per_s": rate}

@@ -237,13 +237,13 @@ def load_policy(spec: str, threads: int | None = None) -> WorldDrivePolicy | Onn
     import torch  # only when a learned policy drives
 
     from worlddrive.models import WorldDrivePolicy
-    from worlddrive.models.onnx_runtime import OnnxPolicy
+    from worlddrive.models.onnx_runtime import ONNX_FILE, OnnxPolicy
 
     members = ensemble_members(spec)
     if len(members) > 1:
         return PlanEnsemble([load_policy(m, max(1, torch.get_num_threads() // len(members))) for m in members])
     directory, pace = policy_dir(spec), split_pace(spec)[1]
-    if on_onnx_runtime(spec):
+    if (directory / ONNX_FILE).is_file():
         return OnnxPolicy(directory, pace, threads)
     return WorldDrivePolicy.from_pretrained(directory, pace=pace)
 
