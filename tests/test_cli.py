@@ -43,6 +43,7 @@ def test_generate_validate_show(tmp_path, capsys):
         (["drive", "--family", "moon"], "unknown family moon"),
         (["export", "--policy", "builtin+builtin", "--out", "X"], "export one checkpoint at a time"),
         (["export", "--policy", "nope", "--out", "X"], "--policy .nope.: no checkpoint there"),
+        (["export", "--policy", "builtin@imagine", "--out", "X"], "@imagine plans with the eager world model"),
     ],
 )
 def test_bad_arguments_are_named(argv, message, tmp_path, monkeypatch):

@@ -247,11 +247,13 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from worlddrive.eval.drivers import ENSEMBLE_SEP, policy_dir, split_pace
+    from worlddrive.eval.drivers import ENSEMBLE_SEP, IMAGINE, policy_dir, split_imagine, split_pace
     from worlddrive.models.onnx_runtime import export_onnx
 
     if ENSEMBLE_SEP in a.policy:
         raise SystemExit(f"error: export one checkpoint at a time, got the ensemble {a.policy!r}")
+    if split_imagine(a.policy)[1]:
+        raise SystemExit(f"error: @{IMAGINE} plans with the eager world model; export {split_imagine(a.policy)[0]!r}")
     record = export_onnx(policy_dir(a.policy), a.out, int8=a.int8, pace=split_pace(a.policy)[1])
     print(f"wrote {a.out}: drive it as --policy {a.out}")
     _result(policy=a.policy, out=a.out, **record)
@@ -706,7 +708,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument(
         "--policy",
         default="expert",
-        help="expert, idm, constant-velocity, builtin, or a RUN folder (RUN@PACE: at another pace)",
+        help="expert, idm, constant-velocity, builtin, or a RUN folder (RUN@PACE: at another pace; RUN@imagine: "
+        "the world model picks among the plan slowed down, K = 8)",
     )
     v.add_argument("--family", default="urban_mixed")
     v.add_argument("--seed", type=int, default=3)
@@ -743,8 +746,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument(
         "--policy",
         default="builtin",
-        help="comma-separated: builtin, RUN folders (RUN@PACE: at another pace), constant-velocity, idm (the expert "
-        "always drives too)",
+        help="comma-separated: builtin, RUN folders (RUN@PACE: at another pace; RUN@imagine or RUN@PACE@imagine: "
+        "the world model picks among the plan slowed down, K = 8; A+B: A and B's plans averaged), constant-velocity, "
+        "idm (the expert always drives too)",
     )
     e.add_argument("--families", default=DEMO_FAMILIES + ",heldout_city")
     e.add_argument("--episodes", type=int, default=20)

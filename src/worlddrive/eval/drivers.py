@@ -24,9 +24,11 @@ from worlddrive.sim.world import World
 if TYPE_CHECKING:
     from worlddrive.models import WorldDrivePolicy
     from worlddrive.models.onnx_runtime import OnnxPolicy
+    from worlddrive.plan.imagine import ImaginationPlanner
 
 BASELINES = ("expert", "constant-velocity", "idm")
 ENSEMBLE_SEP = "+"  # `--policy A+B`: checkpoints A and B drive as one, their plans averaged
+IMAGINE = "imagine"  # `--policy RUN@imagine` (or RUN@PACE@imagine): the world model picks among retimed plans
 # A learned policy's network runs every 5 env steps (2 Hz, the rate of the keyframes it is trained on) and its plan
 # is driven in between. On training seeds 200-205 the builtin scored DS 0.32 replanning every step, 0.39 every 3,
 # 0.47 every 5, 0.38 every 10 (results/README.md), and the closed loop runs ~3x faster.
@@ -189,11 +191,18 @@ def shift_plan(traj: np.ndarray, planned_at: np.ndarray, ego: np.ndarray, elapse
     return out
 
 
+def split_imagine(spec: str) -> tuple[str, bool]:
+    """A --policy value `X@imagine` -> (X, True): X planned by imagination (plan/imagine.py); else (spec, False)."""
+    rest, at, last = spec.rpartition("@")
+    return (rest, True) if at and last == IMAGINE else (spec, False)
+
+
 def split_pace(spec: str) -> tuple[str, str | None]:
     """A --policy value `CHECKPOINT@PACE` -> (CHECKPOINT, PACE): that checkpoint driven at another pace than its
-    config's (PolicyConfig.pace, e.g. `runs/x@cautious`); without an @: (spec, None)."""
-    checkpoint, at, pace = spec.rpartition("@")
-    return (checkpoint, pace) if at else (spec, None)
+    config's (PolicyConfig.pace, e.g. `runs/x@cautious`); without an @: (spec, None). An @imagine is dropped."""
+    rest = split_imagine(spec)[0]
+    checkpoint, at, pace = rest.rpartition("@")
+    return (checkpoint, pace) if at else (rest, None)
 
 
 def policy_dir(spec: str) -> Path:
@@ -231,21 +240,32 @@ def ensemble_members(spec: str) -> list[str]:
     return spec.split(ENSEMBLE_SEP)
 
 
-def load_policy(spec: str, threads: int | None = None) -> WorldDrivePolicy | OnnxPolicy | PlanEnsemble:
+def load_policy(
+    spec: str, threads: int | None = None
+) -> WorldDrivePolicy | OnnxPolicy | PlanEnsemble | ImaginationPlanner:
     """The policy a --policy value names, at its @PACE if it has one: a WorldDrivePolicy, or an OnnxPolicy for a
-    folder `worlddrive export` wrote (on `threads`, torch's number by default); `A+B`: a PlanEnsemble of them."""
+    folder `worlddrive export` wrote (on `threads`, torch's number by default); `A+B`: a PlanEnsemble of them;
+    `X@imagine`: X inside an ImaginationPlanner."""
     import torch  # only when a learned policy drives
 
     from worlddrive.models import WorldDrivePolicy
     from worlddrive.models.onnx_runtime import ONNX_FILE, OnnxPolicy
+    from worlddrive.plan.imagine import ImaginationPlanner
 
     members = ensemble_members(spec)
     if len(members) > 1:
         return PlanEnsemble([load_policy(m, max(1, torch.get_num_threads() // len(members))) for m in members])
     directory, pace = policy_dir(spec), split_pace(spec)[1]
+    imagine = split_imagine(spec)[1]
     if (directory / ONNX_FILE).is_file():
+        if imagine:
+            raise ValueError(
+                f"--policy {spec}: imagination runs the eager world model; drop @{IMAGINE} or use the "
+                f"checkpoint `worlddrive export` was given"
+            )
         return OnnxPolicy(directory, pace, threads)
-    return WorldDrivePolicy.from_pretrained(directory, pace=pace)
+    policy = WorldDrivePolicy.from_pretrained(directory, pace=pace)
+    return ImaginationPlanner(policy) if imagine else policy
 
 
 def on_onnx_runtime(spec: str) -> bool:
@@ -266,7 +286,7 @@ def driver_name(spec: str) -> str:
     checkpoint, pace = split_pace(spec)
     path = Path(checkpoint)
     name = "builtin" if checkpoint == "builtin" else path.parent.name if path.name == "policy" else path.name
-    return f"{name}@{pace}" if pace else name
+    return (f"{name}@{pace}" if pace else name) + (f"@{IMAGINE}" if split_imagine(spec)[1] else "")
 
 
 _cache: dict[tuple[str, int], Driver] = {}  # per worker process: a policy is loaded once, not once per episode

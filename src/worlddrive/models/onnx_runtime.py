@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from worlddrive.fileio import replace_folder
-from worlddrive.models.lateral import along_path
 from worlddrive.models.policy import WorldDrivePolicy, check_finite
 from worlddrive.sim.camera import CameraConfig
 from worlddrive.sim.state import STOP_HORIZON
@@ -179,7 +178,7 @@ class OnnxPolicy:
         inputs = graph_inputs(self.policy, batch)
         plan, path = (torch.from_numpy(x) for x in self.session.run(None, {k: inputs[k].numpy() for k in self.names}))
         if self.policy.lateral is not None:
-            plan = along_path(plan[:, None], path, self.policy.config.pace)[:, 0]  # (1, W, 3)
+            plan = self.policy.paced(plan[:, None], path)[:, 0]  # (1, W, 3)
         trajectory = plan[0].numpy()
         reasoning = self.policy.generate_reasoning(batch)[0] if reason else None
         return {"trajectory": trajectory, "samples": trajectory[None], "reasoning": reasoning}

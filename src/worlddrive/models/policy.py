@@ -51,6 +51,7 @@ from worlddrive.sim.vehicle import WAYPOINT_TIMES
 
 if TYPE_CHECKING:
     from worlddrive.data.dataset import WorldDriveDataset
+    from worlddrive.models.world_model import Scene
 
 CONFIG_FILE, MODEL_FILE, STATS_FILE = "config.json", "model.safetensors", "stats.json"
 VQ_DIR = "vq"  # a policy with a `vq` head carries its frozen VQ tokenizer here
@@ -319,10 +320,23 @@ class WorldDrivePolicy(nn.Module):
     ) -> torch.Tensor:
         """K trajectories per sample (B, K, W, 3) in metres / radians, ego frame. Runs no reasoning. With the
         lateral head, every sample goes along the head's path, as far as config.pace says."""
-        plan, path = self.plan_and_path(self._to_device(batch), num_samples, generator)
-        if path is not None:  # (B, K, W, 3)
-            plan = along_path(plan, path, self.config.pace)
-        return plan
+        return self.paced(*self.plan_and_path(self._to_device(batch), num_samples, generator))
+
+    @torch.no_grad()
+    def plan_and_scene(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Scene]:
+        """The plan (B, W, 3) `predict_trajectory` gives and the bev head's encoding of the current frame, from one
+        pass of the network: what imagination planning (plan/imagine.py) scores candidate plans against."""
+        if self.world_model is None or self.world_model.bev_head is None:
+            raise ValueError(f"imagination needs the bev world-model head; this policy has {self.config.wm_heads}")
+        batch = self._to_device(batch)
+        hidden, layout = self.encode(batch, reasoning=False)
+        plan = self.paced(*self._plan_and_path(hidden, layout, batch, 1, None))[:, 0]
+        return plan, self.world_model.encode_scene(self.visual_grid(hidden))
+
+    def paced(self, plan: torch.Tensor, path: torch.Tensor | None) -> torch.Tensor:
+        """Plans (B, K, W, 3) put on the lateral head's path (B, W, 3) as far as config.pace says (as they are
+        without the head)."""
+        return plan if path is None else along_path(plan, path, self.config.pace)
 
     def plan_and_path(
         self, batch: dict[str, Any], num_samples: int = 1, generator: torch.Generator | None = None
@@ -331,6 +345,16 @@ class WorldDrivePolicy(nn.Module):
         and the lateral head's path (B, W, 3), None without the head; metres / radians, ego frame. Also the graph
         `worlddrive export` traces (onnx_runtime.py)."""
         hidden, layout = self.encode(batch, reasoning=False)
+        return self._plan_and_path(hidden, layout, batch, num_samples, generator)
+
+    def _plan_and_path(
+        self,
+        hidden: torch.Tensor,
+        layout: Layout,
+        batch: dict[str, Any],
+        num_samples: int,
+        generator: torch.Generator | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         speed = batch["ego"][:, EGO_SPEED]  # (B,)
         plan = self.denormalise(self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator), speed)
         return plan, None if self.lateral is None else self.denormalise(self._lateral(batch), speed)

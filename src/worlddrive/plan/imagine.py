@@ -1,0 +1,101 @@
+"""Imagination planning: the world model scores K candidate plans and the best one drives.
+
+DESIGN's loop: "planner: fast path, or imagination (K candidates -> world model -> score -> best)", the deduction
+blackboard fed back into the decision. The candidates are the policy's own plan retimed: its path covered to a
+fraction of its distance (1, 0.85, ..., 0), so imagination can slow the plan down or stop it, never steer it
+elsewhere. A candidate's risk is the bev head's probability that a vehicle or pedestrian occupies the ego's
+footprint at one of its future steps, in that candidate's own future pose (the head is conditioned on the candidate,
+`BevHead.decode`; the scene is encoded once per frame). The fastest candidate whose risk stays within `risk_limit`
+drives; when none does, the least risky.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from worlddrive.models.lateral import along_path
+from worlddrive.models.policy import WorldDrivePolicy
+from worlddrive.models.world_model import OCC_POS_WEIGHT, Raster
+from worlddrive.sim.vehicle import BicycleLimits
+
+FRACTIONS = (1.0, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1, 0.0)  # K = 8: DESIGN's imagination budget, the plan itself first
+RISK_LIMIT = 0.5  # the highest occupancy probability of the ego's footprint a candidate may have
+
+
+def retime(plan: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
+    """Plans (B, W, 3) -> candidates (B, K, W, 3): each waypoint moved back along the plan's own path to fraction
+    k of its distance from the ego (0: standing still, facing along the path)."""
+    scaled = plan[:, None] * fractions[None, :, None, None].to(plan)  # (B, K, W, 3) a polyline f times as long
+    return along_path(scaled, plan)
+
+
+def footprint(raster: Raster, size: tuple[float, float]) -> torch.Tensor:
+    """(H, W) bool: the raster's cells under a box of `size` (length, width) at the ego's pose, half a cell grown
+    ahead and to the sides; cells behind its centre's rear half are left out (a follower is not ours to avoid)."""
+    xy = raster.centres()  # (H, W, 2)
+    length, width = size
+    half = raster.cell / 2
+    return (xy[..., 0] >= -length / 2) & (xy[..., 0] <= length / 2 + half) & (xy[..., 1].abs() <= width / 2 + half)
+
+
+def choose(risk: torch.Tensor, limit: float) -> torch.Tensor:
+    """(B, K) risks of candidates ordered fastest first -> (B,) the first within `limit`, else the least risky."""
+    ok = risk <= limit
+    return torch.where(ok.any(1), ok.float().argmax(1), risk.argmin(1))
+
+
+class ImaginationPlanner:
+    """A policy whose every plan the world model checks before it drives (`--policy RUN@imagine`): reset, observe,
+    select_action and predict as `WorldDrivePolicy`'s; predict also returns each candidate's risk."""
+
+    def __init__(
+        self, policy: WorldDrivePolicy, fractions: tuple[float, ...] = FRACTIONS, risk_limit: float = RISK_LIMIT
+    ) -> None:
+        wm = policy.world_model
+        if wm is None or wm.bev_head is None:
+            raise ValueError(f"imagination needs the bev world-model head; this policy has {policy.config.wm_heads}")
+        if not fractions or fractions[0] != 1.0 or list(fractions) != sorted(fractions, reverse=True):
+            raise ValueError(f"fractions {fractions} must start at 1 (the plan itself) and decrease")
+        self.policy, self.config, self.risk_limit = policy, policy.config, risk_limit
+        self.fractions = torch.tensor(fractions, dtype=torch.float32)
+        limits = BicycleLimits()
+        self.footprint = footprint(wm.bev_head.occ, (limits.length, limits.width)).to(policy.device)  # (Ho, Wo)
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+    def observe(self, obs: dict[str, Any]) -> None:
+        self.policy.observe(obs)
+
+    def select_action(self, obs: dict[str, Any]) -> np.ndarray:
+        return self.predict(obs)["trajectory"]
+
+    @torch.no_grad()
+    def risk(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A history batch -> candidates (B, K, W, 3) fastest first and their risks (B, K)."""
+        plan, scene = self.policy.plan_and_scene(batch)  # (B, W, 3)
+        candidates = retime(plan, self.fractions)  # (B, K, W, 3)
+        occ, _ = self.policy.world_model.decode(scene, candidates)  # (B, K, T, 2, Ho, Wo) logits
+        # the occupancy loss weighs occupied cells OCC_POS_WEIGHT times: shifting the logit back calibrates it
+        p = torch.sigmoid(occ[..., self.footprint].float() - math.log(OCC_POS_WEIGHT))  # (B, K, T, 2, cells)
+        return candidates, p.flatten(2).amax(-1)
+
+    def predict(self, obs: dict[str, Any], reason: bool = False) -> dict:
+        """trajectory (W, 3) (the chosen candidate), samples (K, W, 3) (every candidate), risk (K,), chosen, and
+        reasoning text (None unless `reason`)."""
+        self.policy.observe(obs)
+        batch = self.policy.history_batch()
+        candidates, risk = self.risk(batch)
+        k = int(choose(risk, self.risk_limit)[0])
+        samples = candidates[0].float().cpu().numpy()
+        return {
+            "trajectory": samples[k],
+            "samples": samples,
+            "risk": risk[0].cpu().numpy(),
+            "chosen": k,
+            "reasoning": self.policy.generate_reasoning(batch)[0] if reason else None,
+        }

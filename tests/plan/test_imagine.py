@@ -1,0 +1,97 @@
+"""Imagination planning: candidates are the plan slowed down, risk is the world model's occupancy of the ego's
+footprint, and the fastest safe candidate drives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from worlddrive.eval.drivers import driver_name, load_policy, split_imagine, split_pace
+from worlddrive.models.world_model import Raster
+from worlddrive.plan.imagine import FRACTIONS, ImaginationPlanner, choose, footprint, retime
+from worlddrive.sim.camera import BevConfig
+from worlddrive.sim.geometry import distance_along
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _curve() -> torch.Tensor:
+    """A plan (1, 8, 3) that speeds up through a left bend."""
+    s = torch.cumsum(torch.linspace(4.0, 8.0, 8), 0)  # metres along it
+    yaw = s / 60.0
+    return torch.stack([60.0 * yaw.sin(), 60.0 * (1 - yaw.cos()), yaw], -1)[None]
+
+
+def test_candidates_keep_the_path_and_cover_a_fraction_of_its_distance() -> None:
+    plan = _curve()
+    fractions = torch.tensor(FRACTIONS)
+    cands = retime(plan, fractions)  # (1, K, 8, 3)
+    assert cands.shape == (1, len(FRACTIONS), 8, 3)
+    torch.testing.assert_close(cands[0, 0], plan[0], atol=1e-4, rtol=0)  # the plan itself first
+    assert cands[0, -1, :, :2].abs().max() < 1e-5  # the last stands still
+    full = distance_along(plan[0].numpy())  # (8,) metres along the plan at each waypoint
+    for k, f in enumerate(FRACTIONS):
+        np.testing.assert_allclose(distance_along(cands[0, k].numpy()), f * full, rtol=2e-3, atol=1e-3)  # chords
+        # on the plan's own path: its chords of the circle of radius 60 m about (0, 60), within their sagitta
+        radius = torch.hypot(cands[0, k, :, 0], cands[0, k, :, 1] - 60.0)
+        torch.testing.assert_close(radius, torch.full_like(radius, 60.0), atol=0.15, rtol=0)
+
+
+def test_the_footprint_covers_the_ego_box_and_not_what_follows_it() -> None:
+    raster = Raster.of_bev(BevConfig(), (32, 32))  # the bev head's: 2 m cells, the ego 3/4 down
+    mask = footprint(raster, (4.6, 1.9))
+    xy = raster.centres()[mask]  # (n, 2)
+    assert mask.sum() == 6 and xy[:, 0].min() >= -2.3 and xy[:, 0].max() <= 3.3 and xy[:, 1].abs().max() <= 1.95
+    assert not footprint(raster, (4.6, 1.9))[25:].any()  # rows behind the ego's rear
+
+
+def test_the_fastest_candidate_within_the_limit_is_chosen_else_the_least_risky() -> None:
+    risk = torch.tensor([[0.9, 0.7, 0.2, 0.1], [0.1, 0.9, 0.9, 0.9], [0.9, 0.8, 0.95, 0.6]])
+    assert choose(risk, 0.5).tolist() == [2, 0, 3]
+
+
+def test_the_planner_slows_down_for_what_the_world_model_sees_in_its_path(make_policy, monkeypatch) -> None:
+    from worlddrive.sim.env import DriveEnv
+
+    policy = make_policy(wm_heads=("bev",))
+    planner = ImaginationPlanner(policy)
+    env = DriveEnv({"family": "straight", "bev": False})
+    try:
+        obs, _ = env.reset(seed=0)
+    finally:
+        env.close()
+    wm = policy.world_model
+    decode = wm.decode
+
+    def blocked_until(k_safe: int):
+        def fake(scene, candidates):  # occupied footprints for every candidate faster than k_safe
+            occ, lights = decode(scene, candidates)
+            occ = torch.full_like(occ, -30.0)
+            occ[:, :k_safe, :, 0][..., planner.footprint] = 30.0
+            return occ, lights
+
+        return fake
+
+    for k_safe in (0, 3, len(FRACTIONS) - 1):
+        monkeypatch.setattr(wm, "decode", blocked_until(k_safe))
+        planner.reset()
+        pred = planner.predict(obs)
+        assert pred["chosen"] == k_safe and pred["samples"].shape == (len(FRACTIONS), 8, 3)
+        np.testing.assert_array_equal(pred["trajectory"], pred["samples"][k_safe])
+        assert (pred["risk"][:k_safe] > 0.99).all() and (pred["risk"][k_safe:] < 0.01).all()
+    policy.reset()
+    np.testing.assert_allclose(pred["samples"][0], policy.predict(obs)["trajectory"], atol=1e-4)  # the plan itself
+
+
+def test_imagination_is_named_and_needs_a_bev_head(make_policy, tmp_path) -> None:
+    assert split_imagine("runs/x@cautious@imagine") == ("runs/x@cautious", True)
+    assert split_pace("runs/x@cautious@imagine") == ("runs/x", "cautious")
+    assert split_pace("runs/x@imagine") == ("runs/x", None)
+    assert driver_name("runs/x@cautious@imagine") == "x@cautious@imagine"
+    make_policy(wm_heads=("bev",), lateral_head=True).save_pretrained(tmp_path / "bev")
+    planner = load_policy(f"{tmp_path / 'bev'}@path@imagine")
+    assert isinstance(planner, ImaginationPlanner) and planner.config.pace == "path"
+    make_policy().save_pretrained(tmp_path / "ao")
+    with pytest.raises(ValueError, match="imagination needs the bev world-model head"):
+        load_policy(f"{tmp_path / 'ao'}@imagine")
