@@ -95,3 +95,16 @@ def test_imagination_is_named_and_needs_a_bev_head(make_policy, tmp_path) -> Non
     make_policy().save_pretrained(tmp_path / "ao")
     with pytest.raises(ValueError, match="imagination needs the bev world-model head"):
         load_policy(f"{tmp_path / 'ao'}@imagine")
+
+
+def test_a_drive_gif_shows_what_imagination_saw(make_policy, tmp_path) -> None:
+    import imageio.v3 as iio
+
+    from worlddrive.cli import main
+
+    make_policy(wm_heads=("bev",)).save_pretrained(tmp_path / "bev")
+    for spec, gif in ((tmp_path / "bev", "fast.gif"), (f"{tmp_path / 'bev'}@imagine", "imagined.gif")):
+        argv = ["drive", "--policy", str(spec), "--family", "straight", "--seed", "1000001", "--every", "25"]
+        assert main([*argv, "--out", str(tmp_path / gif)]) == 0
+    fast, imagined = (iio.imread(tmp_path / gif) for gif in ("fast.gif", "imagined.gif"))  # (N, H, W, 3)
+    assert imagined.shape[:2] == fast.shape[:2] and imagined.shape[2] == fast.shape[2] + 64  # a column of +1 ... +4 s

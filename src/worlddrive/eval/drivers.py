@@ -62,6 +62,7 @@ class ExpertDriver:
     def __init__(self, plan: bool = False):
         self.plan = plan
         self.reasoning: str | None = None
+        self.prediction: dict = {}  # the last replan's `predict` output (imagination's candidates and risks too)
 
     def reset(self, world: World) -> None:
         self.expert = Expert(world)
@@ -131,7 +132,7 @@ class PolicyDriver:
             if reason:
                 self.reasoning = pred["reasoning"]
             if replan:
-                self.plan = (pred["trajectory"], state.ego.copy())
+                self.plan, self.prediction = (pred["trajectory"], state.ego.copy()), pred
         else:
             self.policy.observe(obs)
         traj = self.plan[0] if replan else shift_plan(*self.plan, state.ego, (self.steps % self.replan_every) * DT)

@@ -9,7 +9,7 @@ import numpy as np
 
 from worlddrive.eval.closed_loop import EpisodeResult, run_episode
 from worlddrive.eval.drivers import REPLAN_EVERY, make_driver
-from worlddrive.eval.visualize import bev_panel, panel, write_gif
+from worlddrive.eval.visualize import SCALE, bev_panel, imagined_column, panel, write_gif
 from worlddrive.sim.camera import BevConfig, BevRenderer, FrontCamera
 from worlddrive.sim.state import EGO_SPEED
 
@@ -46,12 +46,18 @@ def render_rollout(job: RolloutJob) -> EpisodeResult:
             road = world.net.road
             speed = f"v={state.ego[EGO_SPEED] * 3.6:3.0f} km/h"
             header = f"{driver.name} | {job.family} seed {job.seed} | t={state.t:4.1f}s {speed} | {state.command}"
+            camera, imagined = cam.render(state, road), None
+            pred = getattr(driver, "prediction", {})
+            if "occupancy" in pred:  # imagination: what the world model saw ahead of the plan it chose
+                header += f" | plan x{pred['fraction']:.2f}, risk {pred['risk'][pred['chosen']]:.2f}"
+                imagined = imagined_column(pred["occupancy"], camera.shape[0] * SCALE, bev_cfg)
             frames.append(
                 panel(
-                    cam.render(state, road),
+                    camera,
                     bev_panel(bev.render(state, road), out.trajectory, bev_cfg),
                     driver.reasoning or "",
                     header,
+                    imagined,
                 )
             )
 

@@ -75,21 +75,27 @@ class ImaginationPlanner:
         return self.predict(obs)["trajectory"]
 
     @torch.no_grad()
-    def risk(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A history batch -> candidates (B, K, W, 3) fastest first and their risks (B, K)."""
+    def imagine(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A history batch -> candidates (B, K, W, 3) fastest first, and the occupancy the world model imagines
+        around each at each of its future poses, (B, K, T, 2, Ho, Wo) probabilities (vehicles, pedestrians)."""
         plan, scene = self.policy.plan_and_scene(batch)  # (B, W, 3)
         candidates = retime(plan, self.fractions)  # (B, K, W, 3)
         occ, _ = self.policy.world_model.decode(scene, candidates)  # (B, K, T, 2, Ho, Wo) logits
         # the occupancy loss weighs occupied cells OCC_POS_WEIGHT times: shifting the logit back calibrates it
-        p = torch.sigmoid(occ[..., self.footprint].float() - math.log(OCC_POS_WEIGHT))  # (B, K, T, 2, cells)
-        return candidates, p.flatten(2).amax(-1)
+        return candidates, torch.sigmoid(occ.float() - math.log(OCC_POS_WEIGHT))
+
+    def risk(self, occupancy: torch.Tensor) -> torch.Tensor:
+        """(B, K, T, 2, Ho, Wo) imagined occupancy -> (B, K) the most likely occupied footprint cell of each."""
+        return occupancy[..., self.footprint].flatten(2).amax(-1)
 
     def predict(self, obs: dict[str, Any], reason: bool = False) -> dict:
-        """trajectory (W, 3) (the chosen candidate), samples (K, W, 3) (every candidate), risk (K,), chosen, and
-        reasoning text (None unless `reason`)."""
+        """trajectory (W, 3) (the chosen candidate), samples (K, W, 3) (every candidate), risk (K,), chosen, fraction
+        (of the plan's distance it covers), occupancy (T, 2, Ho, Wo) imagined around it, and reasoning text (None
+        unless `reason`)."""
         self.policy.observe(obs)
         batch = self.policy.history_batch()
-        candidates, risk = self.risk(batch)
+        candidates, occupancy = self.imagine(batch)
+        risk = self.risk(occupancy)
         k = int(choose(risk, self.risk_limit)[0])
         samples = candidates[0].float().cpu().numpy()
         return {
@@ -97,5 +103,7 @@ class ImaginationPlanner:
             "samples": samples,
             "risk": risk[0].cpu().numpy(),
             "chosen": k,
+            "fraction": float(self.fractions[k]),
+            "occupancy": occupancy[0, k].cpu().numpy(),
             "reasoning": self.policy.generate_reasoning(batch)[0] if reason else None,
         }
