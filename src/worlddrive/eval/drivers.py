@@ -62,7 +62,6 @@ class ExpertDriver:
     def __init__(self, plan: bool = False):
         self.plan = plan
         self.reasoning: str | None = None
-        self.prediction: dict = {}  # the last replan's `predict` output (imagination's candidates and risks too)
 
     def reset(self, world: World) -> None:
         self.expert = Expert(world)
@@ -115,6 +114,7 @@ class PolicyDriver:
         self.reason_every, self.replan_every = reason_every, check_replan_every(replan_every)
         self.camera = FrontCamera()
         self.reasoning: str | None = None
+        self.prediction: dict = {}  # the last replan's `predict` output (imagination's candidates and risks too)
 
     def reset(self, world: World) -> None:
         self.policy.reset()

@@ -47,7 +47,7 @@ def render_rollout(job: RolloutJob) -> EpisodeResult:
             speed = f"v={state.ego[EGO_SPEED] * 3.6:3.0f} km/h"
             header = f"{driver.name} | {job.family} seed {job.seed} | t={state.t:4.1f}s {speed} | {state.command}"
             camera, imagined = cam.render(state, road), None
-            pred = getattr(driver, "prediction", {})
+            pred = getattr(driver, "prediction", {})  # a PolicyDriver's last replan
             if "occupancy" in pred:  # imagination: what the world model saw ahead of the plan it chose
                 header += f" | plan x{pred['fraction']:.2f}, risk {pred['risk'][pred['chosen']]:.2f}"
                 imagined = imagined_column(pred["occupancy"], camera.shape[0] * SCALE, bev_cfg)
