@@ -252,8 +252,9 @@ def cmd_export(a: argparse.Namespace) -> int:
 
     if ENSEMBLE_SEP in a.policy:
         raise SystemExit(f"error: export one checkpoint at a time, got the ensemble {a.policy!r}")
-    if split_imagine(a.policy)[1]:
-        raise SystemExit(f"error: @{IMAGINE} plans with the eager world model; export {split_imagine(a.policy)[0]!r}")
+    checkpoint, imagine = split_imagine(a.policy)
+    if imagine:
+        raise SystemExit(f"error: @{IMAGINE} plans with the eager world model; export {checkpoint!r}")
     record = export_onnx(policy_dir(a.policy), a.out, int8=a.int8, pace=split_pace(a.policy)[1])
     print(f"wrote {a.out}: drive it as --policy {a.out}")
     _result(policy=a.policy, out=a.out, **record)

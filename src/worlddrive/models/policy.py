@@ -51,7 +51,7 @@ from worlddrive.sim.vehicle import WAYPOINT_TIMES
 
 if TYPE_CHECKING:
     from worlddrive.data.dataset import WorldDriveDataset
-    from worlddrive.models.world_model import Scene
+    from worlddrive.models.world_model import BevHead, Scene
 
 CONFIG_FILE, MODEL_FILE, STATS_FILE = "config.json", "model.safetensors", "stats.json"
 VQ_DIR = "vq"  # a policy with a `vq` head carries its frozen VQ tokenizer here
@@ -326,12 +326,17 @@ class WorldDrivePolicy(nn.Module):
     def plan_and_scene(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Scene]:
         """The plan (B, W, 3) `predict_trajectory` gives and the bev head's encoding of the current frame, from one
         pass of the network: what imagination planning (plan/imagine.py) scores candidate plans against."""
-        if self.world_model is None or self.world_model.bev_head is None:
-            raise ValueError(f"imagination needs the bev world-model head; this policy has {self.config.wm_heads}")
+        bev_head = self.bev_head()
         batch = self._to_device(batch)
         hidden, layout = self.encode(batch, reasoning=False)
         plan = self.paced(*self._plan_and_path(hidden, layout, batch, 1, None))[:, 0]
-        return plan, self.world_model.encode_scene(self.visual_grid(hidden))
+        return plan, bev_head.encode_scene(self.visual_grid(hidden))
+
+    def bev_head(self) -> BevHead:
+        """The world model's bev head, which imagination needs; a ValueError naming the heads this policy has."""
+        if self.world_model is None or self.world_model.bev_head is None:
+            raise ValueError(f"imagination needs the bev world-model head; this policy has {self.config.wm_heads}")
+        return self.world_model.bev_head
 
     def paced(self, plan: torch.Tensor, path: torch.Tensor | None) -> torch.Tensor:
         """Plans (B, K, W, 3) put on the lateral head's path (B, W, 3) as far as config.pace says (as they are

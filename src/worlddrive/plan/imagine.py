@@ -59,15 +59,13 @@ class ImaginationPlanner:
     def __init__(
         self, policy: WorldDrivePolicy, fractions: tuple[float, ...] = FRACTIONS, risk_limit: float = RISK_LIMIT
     ) -> None:
-        wm = policy.world_model
-        if wm is None or wm.bev_head is None:
-            raise ValueError(f"imagination needs the bev world-model head; this policy has {policy.config.wm_heads}")
+        occ = policy.bev_head().occ  # refuses a policy without one, by name
         if not fractions or fractions[0] != 1.0 or list(fractions) != sorted(fractions, reverse=True):
             raise ValueError(f"fractions {fractions} must start at 1 (the plan itself) and decrease")
         self.policy, self.config, self.risk_limit = policy, policy.config, risk_limit
         self.fractions = torch.tensor(fractions, dtype=torch.float32)
         limits = BicycleLimits()
-        self.footprint = footprint(wm.bev_head.occ, (limits.length, limits.width)).to(policy.device)  # (Ho, Wo)
+        self.footprint = footprint(occ, (limits.length, limits.width)).to(policy.device)  # (Ho, Wo)
 
     def reset(self) -> None:
         self.policy.reset()
