@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument(
         "--policy",
         default="builtin",
-        help="comma-separated: builtin or RUN folders (RUN@PACE, RUN@imagine, ensembles A+B)",
+        help="comma-separated: builtin or RUN folders (RUN@PACE, RUN@imagine, RUN@fast, ensembles A+B)",
     )
     parser.add_argument("--steps", type=int, default=300, help="env steps (decisions) per policy")
     parser.add_argument("--threads", type=int, default=2)

@@ -247,14 +247,14 @@ def cmd_compare(a: argparse.Namespace) -> int:
 
 
 def cmd_export(a: argparse.Namespace) -> int:
-    from worlddrive.eval.drivers import ENSEMBLE_SEP, IMAGINE, policy_dir, split_imagine, split_pace
+    from worlddrive.eval.drivers import ENSEMBLE_SEP, policy_dir, split_pace, split_planner
     from worlddrive.models.onnx_runtime import export_onnx
 
     if ENSEMBLE_SEP in a.policy:
         raise SystemExit(f"error: export one checkpoint at a time, got the ensemble {a.policy!r}")
-    checkpoint, imagine = split_imagine(a.policy)
-    if imagine:
-        raise SystemExit(f"error: @{IMAGINE} plans with the eager world model; export {checkpoint!r}")
+    checkpoint, planner = split_planner(a.policy)
+    if planner == "imagine":
+        raise SystemExit(f"error: @imagine plans with the eager world model; export {checkpoint!r}")
     record = export_onnx(policy_dir(a.policy), a.out, int8=a.int8, pace=split_pace(a.policy)[1])
     print(f"wrote {a.out}: drive it as --policy {a.out}")
     _result(policy=a.policy, out=a.out, **record)
@@ -412,6 +412,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         }
         optional = (
             "lambda_wm",
+            "occ_pos_weight",
             "ego_history",
             "regression_loss",
             "history_dropout",
@@ -542,7 +543,8 @@ def _world_model(a: argparse.Namespace, config):
     from worlddrive.models.vq import VQTokenizer
     from worlddrive.models.world_model import WorldModel
 
-    return WorldModel(config.d_model, heads, tokenizer=VQTokenizer.load(a.vq) if "vq" in heads else None)
+    tokenizer = VQTokenizer.load(a.vq) if "vq" in heads else None
+    return WorldModel(config.d_model, heads, tokenizer=tokenizer, occ_pos_weight=config.occ_pos_weight)
 
 
 def cmd_train_tokenizer(a: argparse.Namespace) -> int:
@@ -710,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy",
         default="expert",
         help="expert, idm, constant-velocity, builtin, or a RUN folder (RUN@PACE: at another pace; RUN@imagine: "
-        "the world model picks among the plan slowed down, K = 8)",
+        "the world model picks among the plan slowed down, K = 8; RUN@fast: the plan as the network gives it)",
     )
     v.add_argument("--family", default="urban_mixed")
     v.add_argument("--seed", type=int, default=3)
@@ -748,7 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy",
         default="builtin",
         help="comma-separated: builtin, RUN folders (RUN@PACE: at another pace; RUN@imagine or RUN@PACE@imagine: "
-        "the world model picks among the plan slowed down, K = 8; A+B: A and B's plans averaged), constant-velocity, "
+        "the world model picks among the plan slowed down, K = 8; RUN@fast: the plan as the network gives it; A+B: "
+        "A and B's plans averaged), constant-velocity, "
         "idm (the expert always drives too)",
     )
     e.add_argument("--families", default=DEMO_FAMILIES + ",heldout_city")
@@ -778,6 +781,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--wm", default="", help="world-model heads, comma separated: vq,frame,bev (empty: action-only)")
     t.add_argument("--lambda-wm", type=float, default=None)
+    t.add_argument(
+        "--occ-pos-weight",
+        type=float,
+        default=None,
+        help="weight of an occupied cell in the bev head's occupancy loss; default: the preset's (10)",
+    )
     t.add_argument("--vq", default=None, help="VQ tokenizer folder (needed by the vq head)")
     t.add_argument("--action-expert", default="query", choices=["query", "flow", "ar"])
     t.add_argument("--backbone", default="native", help="native, or hf:<model name or path to a config.json>")

@@ -54,8 +54,8 @@ def test_a_policy_at_another_pace_is_named_so_and_a_bad_pace_is_refused():
     assert driver.name == "builtin@path" and driver.policy.config.pace == "path"
     assert make_driver("builtin").policy.config.pace == "cautious"  # the checkpoint's own
     assert policy_dir("builtin@path") == policy_dir("builtin")
-    with pytest.raises(ValueError, match=r"driven at pace 'fast'.*PolicyConfig\.pace"):
-        make_driver("builtin@fast")
+    with pytest.raises(ValueError, match=r"driven with pace 'slow'.*PolicyConfig\.pace"):
+        make_driver("builtin@slow")
 
 
 def _straight_plan(speed: float) -> np.ndarray:

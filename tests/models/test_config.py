@@ -72,6 +72,8 @@ def test_an_older_checkpoint_gets_the_only_backbone_and_instruction_encoder_ther
         del data[name]
     config = PolicyConfig.from_dict(data)
     assert (config.backbone, config.instruction_encoder, config.hf_source) == ("native", "bpe", None)
+    assert (config.occ_pos_weight, config.planner) == (1.0, "fast")  # the old builtin's head: an unweighted loss
+    assert PolicyConfig().occ_pos_weight == 10.0  # what a new run trains with
     del data["n_layers"]  # any other missing key is still named
     with pytest.raises(ValueError, match=r"missing \['n_layers'\]"):
         PolicyConfig.from_dict(data)

@@ -11,6 +11,7 @@ import torch
 
 from worlddrive.eval.drivers import load_policy
 from worlddrive.models.onnx_runtime import EXPORT_FILE, ONNX_FILE, OnnxPolicy, export_onnx
+from worlddrive.models.policy import CONFIG_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -41,14 +42,16 @@ def _drive(policy, observations: list[dict]) -> np.ndarray:
 
 
 def test_the_exported_graph_drives_as_the_eager_checkpoint(make_policy, observations, tmp_path: Path) -> None:
-    make_policy(**FULL).save_pretrained(tmp_path / "eager")
+    make_policy(**FULL, wm_heads=("bev",), planner="imagine").save_pretrained(tmp_path / "eager")  # as the builtin
     record = export_onnx(tmp_path / "eager", tmp_path / "fast")
     assert not record["int8"] and record["max_abs_error_m"] < 1e-3
+    assert load_policy(str(tmp_path / "eager")).config.planner == "imagine"  # the eager one imagines,
+    assert json.loads((tmp_path / "fast" / CONFIG_FILE).read_text())["planner"] == "fast"  # the graph is the fast path
     assert json.loads((tmp_path / "fast" / EXPORT_FILE).read_text()) == record
     fast = load_policy(str(tmp_path / "fast"))
     assert isinstance(fast, OnnxPolicy)
     np.testing.assert_allclose(
-        _drive(fast, observations), _drive(load_policy(str(tmp_path / "eager")), observations), atol=1e-4
+        _drive(fast, observations), _drive(load_policy(f"{tmp_path / 'eager'}@fast"), observations), atol=1e-4
     )
     # the pace is the folder's config's unless the spec names another, as for eager checkpoints
     assert load_policy(f"{tmp_path / 'fast'}@path").policy.config.pace == "path"

@@ -222,7 +222,7 @@ def test_optimizer_groups(make_policy) -> None:
 
 
 class FakeWorldModel(torch.nn.Module):
-    def __init__(self, d_model: int, heads: tuple[str, ...]) -> None:
+    def __init__(self, d_model: int, heads: tuple[str, ...], occ_pos_weight: float = 1.0) -> None:
         super().__init__()
         self.scale = torch.nn.Parameter(torch.ones(()))
         self.grids: list[torch.Size] = []

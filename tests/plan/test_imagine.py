@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from worlddrive.eval.drivers import driver_name, load_policy, split_imagine, split_pace
+from worlddrive.eval.drivers import driver_name, load_policy, split_pace, split_planner
 from worlddrive.models.world_model import Raster
 from worlddrive.plan.imagine import FRACTIONS, ImaginationPlanner, choose, footprint, retime
 from worlddrive.sim.camera import BevConfig
@@ -85,16 +85,40 @@ def test_the_planner_slows_down_for_what_the_world_model_sees_in_its_path(make_p
 
 
 def test_imagination_is_named_and_needs_a_bev_head(make_policy, tmp_path) -> None:
-    assert split_imagine("runs/x@cautious@imagine") == ("runs/x@cautious", True)
+    from worlddrive.models import WorldDrivePolicy
+
+    assert split_planner("runs/x@cautious@imagine") == ("runs/x@cautious", "imagine")
+    assert split_planner("runs/x@fast") == ("runs/x", "fast") and split_planner("runs/x@path") == ("runs/x@path", None)
     assert split_pace("runs/x@cautious@imagine") == ("runs/x", "cautious")
     assert split_pace("runs/x@imagine") == ("runs/x", None)
-    assert driver_name("runs/x@cautious@imagine") == "x@cautious@imagine"
+    assert driver_name("runs/x@cautious@imagine") == "x@cautious@imagine" and driver_name("runs/x@fast") == "x@fast"
     make_policy(wm_heads=("bev",), lateral_head=True).save_pretrained(tmp_path / "bev")
     planner = load_policy(f"{tmp_path / 'bev'}@path@imagine")
     assert isinstance(planner, ImaginationPlanner) and planner.config.pace == "path"
+    # a checkpoint that plans by imagination says so in its config; @fast drives its plan as the network gives it
+    make_policy(wm_heads=("bev",), planner="imagine").save_pretrained(tmp_path / "imagines")
+    assert isinstance(load_policy(str(tmp_path / "imagines")), ImaginationPlanner)
+    assert isinstance(load_policy(f"{tmp_path / 'imagines'}@fast"), WorldDrivePolicy)
     make_policy().save_pretrained(tmp_path / "ao")
-    with pytest.raises(ValueError, match="imagination needs the bev world-model head"):
+    with pytest.raises(ValueError, match=r"with planner 'imagine': .* expected 'fast' without the bev head"):
         load_policy(f"{tmp_path / 'ao'}@imagine")
+    with pytest.raises(ValueError, match="imagination needs the bev world-model head"):
+        ImaginationPlanner(make_policy())
+
+
+def test_risk_is_calibrated_by_the_weight_the_head_was_trained_with(make_policy, monkeypatch) -> None:
+    # an occupied-cell weight w puts the head's logit log(w) above the probability's: imagination takes it back
+    for weight in (1.0, 10.0):
+        policy = make_policy(wm_heads=("bev",), occ_pos_weight=weight)
+        assert policy.world_model.occ_pos_weight == weight  # what the loss weighs occupied cells by
+        monkeypatch.setattr(policy, "plan_and_scene", lambda batch: (_curve(), None))
+
+        def unsure(scene, candidates):  # logit 0 in every cell
+            return torch.zeros(*candidates.shape[:2], 8, 2, 32, 32), None
+
+        monkeypatch.setattr(policy.world_model, "decode", unsure)
+        occupancy = ImaginationPlanner(policy).imagine({})[1]
+        torch.testing.assert_close(occupancy, torch.full_like(occupancy, 1 / (1 + weight)))
 
 
 def test_a_drive_gif_shows_what_imagination_saw(make_policy, tmp_path) -> None:

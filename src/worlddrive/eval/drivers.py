@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 BASELINES = ("expert", "constant-velocity", "idm")
 ENSEMBLE_SEP = "+"  # `--policy A+B`: checkpoints A and B drive as one, their plans averaged
-IMAGINE = "imagine"  # `--policy RUN@imagine` (or RUN@PACE@imagine): the world model picks among retimed plans
 # A learned policy's network runs every 5 env steps (2 Hz, the rate of the keyframes it is trained on) and its plan
 # is driven in between. On training seeds 200-205 the builtin scored DS 0.32 replanning every step, 0.39 every 3,
 # 0.47 every 5, 0.38 every 10 (results/README.md), and the closed loop runs ~3x faster.
@@ -192,16 +191,20 @@ def shift_plan(traj: np.ndarray, planned_at: np.ndarray, ego: np.ndarray, elapse
     return out
 
 
-def split_imagine(spec: str) -> tuple[str, bool]:
-    """A --policy value `X@imagine` -> (X, True): X planned by imagination (plan/imagine.py); else (spec, False)."""
+def split_planner(spec: str) -> tuple[str, str | None]:
+    """A --policy value `X@imagine` (or X@PACE@imagine: the world model picks among retimed plans, plan/imagine.py)
+    or `X@fast` (the plan as the network gives it) -> (X, that planner); else (spec, None): the checkpoint's own
+    PolicyConfig.planner."""
+    from worlddrive.models.config import PLANNERS
+
     rest, at, last = spec.rpartition("@")
-    return (rest, True) if at and last == IMAGINE else (spec, False)
+    return (rest, last) if at and last in PLANNERS else (spec, None)
 
 
 def split_pace(spec: str) -> tuple[str, str | None]:
     """A --policy value `CHECKPOINT@PACE` -> (CHECKPOINT, PACE): that checkpoint driven at another pace than its
-    config's (PolicyConfig.pace, e.g. `runs/x@cautious`); without an @: (spec, None). An @imagine is dropped."""
-    rest = split_imagine(spec)[0]
+    config's (PolicyConfig.pace, e.g. `runs/x@cautious`); without an @: (spec, None). A planner suffix is dropped."""
+    rest = split_planner(spec)[0]
     checkpoint, at, pace = rest.rpartition("@")
     return (checkpoint, pace) if at else (rest, None)
 
@@ -244,9 +247,10 @@ def ensemble_members(spec: str) -> list[str]:
 def load_policy(
     spec: str, threads: int | None = None
 ) -> WorldDrivePolicy | OnnxPolicy | PlanEnsemble | ImaginationPlanner:
-    """The policy a --policy value names, at its @PACE if it has one: a WorldDrivePolicy, or an OnnxPolicy for a
-    folder `worlddrive export` wrote (on `threads`, torch's number by default); `A+B`: a PlanEnsemble of them;
-    `X@imagine`: X inside an ImaginationPlanner."""
+    """The policy a --policy value names, at its @PACE and by its @PLANNER if it has them: a WorldDrivePolicy, or an
+    OnnxPolicy for a folder `worlddrive export` wrote (on `threads`, torch's number by default); `A+B`: a
+    PlanEnsemble of them; planned by imagination (`X@imagine`, or a checkpoint whose config says so): X inside an
+    ImaginationPlanner."""
     import torch  # only when a learned policy drives
 
     from worlddrive.models import WorldDrivePolicy
@@ -256,17 +260,16 @@ def load_policy(
     members = ensemble_members(spec)
     if len(members) > 1:
         return PlanEnsemble([load_policy(m, max(1, torch.get_num_threads() // len(members))) for m in members])
-    directory, pace = policy_dir(spec), split_pace(spec)[1]
-    imagine = split_imagine(spec)[1]
+    directory, pace, planner = policy_dir(spec), split_pace(spec)[1], split_planner(spec)[1]
     if (directory / ONNX_FILE).is_file():
-        if imagine:
+        if planner == "imagine":
             raise ValueError(
-                f"--policy {spec}: imagination runs the eager world model; drop @{IMAGINE} or use the "
+                f"--policy {spec}: imagination runs the eager world model; drop @imagine or use the "
                 f"checkpoint `worlddrive export` was given"
             )
         return OnnxPolicy(directory, pace, threads)
-    policy = WorldDrivePolicy.from_pretrained(directory, pace=pace)
-    return ImaginationPlanner(policy) if imagine else policy
+    policy = WorldDrivePolicy.from_pretrained(directory, pace=pace, planner=planner)
+    return ImaginationPlanner(policy) if policy.config.planner == "imagine" else policy
 
 
 def on_onnx_runtime(spec: str) -> bool:
@@ -287,7 +290,8 @@ def driver_name(spec: str) -> str:
     checkpoint, pace = split_pace(spec)
     path = Path(checkpoint)
     name = "builtin" if checkpoint == "builtin" else path.parent.name if path.name == "policy" else path.name
-    return (f"{name}@{pace}" if pace else name) + (f"@{IMAGINE}" if split_imagine(spec)[1] else "")
+    planner = split_planner(spec)[1]
+    return (f"{name}@{pace}" if pace else name) + (f"@{planner}" if planner else "")
 
 
 _cache: dict[tuple[str, int], Driver] = {}  # per worker process: a policy is loaded once, not once per episode

@@ -3,7 +3,8 @@
 A checkpoint's `config.json` is this dataclass as a dict, so a field added here must also be a key there:
 `from_dict` names unknown and missing keys instead of guessing defaults for an old checkpoint. The one exception is
 `ADDED_FIELDS`, fields added after checkpoints existed: an older checkpoint lacks them and gets the value it was
-trained with, the only one there was then.
+trained with, the only one there was then. (One exception to that: `occ_pos_weight` became a field in session 22,
+after runs of sessions 18-21 had trained with 10 and saved no key; those must state it in their config.json.)
 """
 
 from __future__ import annotations
@@ -33,11 +34,15 @@ ADDED_FIELDS = {
     "stop_line_input": False,
     "plan_residual": False,
     "speed_input": True,
+    "occ_pos_weight": 1.0,
+    "planner": "fast",
 }
-TRAINING_ONLY = frozenset({"history_dropout", "pace"})  # fields a fine-tune may change: they do not shape the weights
+# fields a fine-tune may change: they do not shape the weights
+TRAINING_ONLY = frozenset({"history_dropout", "pace", "planner"})
 GROWN = frozenset({"lateral_head"})  # fields a fine-tune may switch on: they add freshly initialised weights only
 REGRESSION_LOSSES = ("mse", "l1")
 PACES = ("action", "cautious", "path")
+PLANNERS = ("fast", "imagine")
 STOP_LINE_FEATURES = 5  # the stop line's distance, linear and near-exponential, and its control one-hot (3)
 
 
@@ -113,6 +118,14 @@ class PolicyConfig:
     wm_heads: tuple[str, ...] = ()
     lambda_wm: float = 1.0
     lambda_lang: float = 0.1
+    # weight of an occupied cell in the bev head's occupancy loss. About 1.2 % of the cells are occupied (d40m3 val:
+    # vehicles 2.1 %, pedestrians 0.3 %): unweighted, the head's probabilities stayed below 0.5 almost everywhere
+    # (IoU 0.008 at 0.5 after 1500 steps, 0.13 at 0.1; results/README.md, session 18). Imagination reads the head's
+    # probabilities back through it (logit - log weight), so a checkpoint records the weight its head learned with
+    occ_pos_weight: float = 10.0
+    # how a decision is made: "fast", the plan as the network gives it; "imagine", the bev head scores the plan
+    # retimed to K speeds and the fastest it foresees no collision for drives (plan/imagine.py). Shapes no weights
+    planner: str = "fast"
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -155,6 +168,9 @@ class PolicyConfig:
         self._require(ok, "wm_heads", f"distinct names out of {WM_HEADS}")
         self._require(self.lambda_wm >= 0, "lambda_wm", ">= 0")
         self._require(self.lambda_lang >= 0, "lambda_lang", ">= 0")
+        self._require(self.occ_pos_weight > 0, "occ_pos_weight", "> 0")
+        self._require(self.planner in PLANNERS, "planner", f"one of {PLANNERS}")
+        self._require(self.planner == "fast" or "bev" in self.wm_heads, "planner", "'fast' without the bev head")
         self._require(self.device in DEVICES, "device", f"one of {DEVICES}")
         ok = self.backbone == "native" or (self.backbone.startswith(HF_PREFIX) and len(self.backbone) > len(HF_PREFIX))
         self._require(ok, "backbone", f"'native' or '{HF_PREFIX}<model name or path to a config.json>'")

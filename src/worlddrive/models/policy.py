@@ -511,21 +511,25 @@ class WorldDrivePolicy(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, world_model: nn.Module | None = None, pace: str | None = None
+        cls,
+        directory: str | Path,
+        world_model: nn.Module | None = None,
+        pace: str | None = None,
+        planner: str | None = None,
     ) -> WorldDrivePolicy:
         """A saved policy, in eval mode on its config's device. Errors name the missing file, the config keys or the
         tensors that do not match. `world_model` as in `__init__` (its weights are loaded from the checkpoint);
-        `pace` replaces the config's (PolicyConfig.pace: it does not shape the weights)."""
+        `pace` and `planner` replace the config's (PolicyConfig.pace, .planner: they shape no weights)."""
         directory = Path(directory)
         for name in CHECKPOINT_FILES:
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"checkpoint {directory} has no {name}")
+        asked = {k: v for k, v in (("pace", pace), ("planner", planner)) if v is not None}
         try:
-            saved = _read_json(directory / CONFIG_FILE)
-            config = PolicyConfig.from_dict(saved if pace is None else {**saved, "pace": pace})
+            config = PolicyConfig.from_dict({**_read_json(directory / CONFIG_FILE), **asked})
         except (TypeError, ValueError) as e:
-            asked = "" if pace is None else f" driven at pace {pace!r}"
-            raise ValueError(f"{directory / CONFIG_FILE}{asked}: {e}") from e
+            driven = "".join(f" driven with {k} {v!r}" for k, v in asked.items())
+            raise ValueError(f"{directory / CONFIG_FILE}{driven}: {e}") from e
         backbone_config = None
         if config.hf_source is not None:
             backbone_config = directory / BACKBONE_FILE
@@ -538,7 +542,12 @@ class WorldDrivePolicy(nn.Module):
             from worlddrive.models.vq import VQTokenizer
             from worlddrive.models.world_model import WorldModel
 
-            world_model = WorldModel(config.d_model, config.wm_heads, tokenizer=VQTokenizer.load(directory / VQ_DIR))
+            world_model = WorldModel(
+                config.d_model,
+                config.wm_heads,
+                tokenizer=VQTokenizer.load(directory / VQ_DIR),
+                occ_pos_weight=config.occ_pos_weight,
+            )
         model = cls(config, tokenizer, stats, world_model, backbone_config)
         tensors = load_file(directory / MODEL_FILE)
         expected = model.state_dict()
@@ -629,7 +638,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _world_model(config: PolicyConfig) -> nn.Module | None:
-    """`worlddrive.models.world_model.WorldModel(d_model, wm_heads)` when config.wm_heads asks for heads, else None.
+    """`worlddrive.models.world_model.WorldModel` of config's d_model, wm_heads and occ_pos_weight when config.wm_heads
+    asks for heads, else None.
 
     Its contract: `loss(grid (B, h, w, D), batch) -> (scalar tensor, logs dict)`. Imported lazily so that an
     action-only policy does not depend on the world-model code.
@@ -642,4 +652,4 @@ def _world_model(config: PolicyConfig) -> nn.Module | None:
         raise ImportError(
             f"PolicyConfig.wm_heads={config.wm_heads} needs worlddrive.models.world_model.WorldModel: {e}"
         ) from e
-    return WorldModel(config.d_model, config.wm_heads)
+    return WorldModel(config.d_model, config.wm_heads, occ_pos_weight=config.occ_pos_weight)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worlddrive.data.record import FUTURE
+from worlddrive.models.config import PolicyConfig
 from worlddrive.models.vq import VQTokenizer, psnr, ssim
 from worlddrive.sim.camera import BEV_CHANNELS, BevConfig
 
@@ -31,11 +32,6 @@ OCCUPANCY_CHANNELS = [BEV_CHANNELS.index(name) for name in OCCUPANCY]
 LIGHTS = ("none", "green", "yellow", "red")  # light classes: the dataset's lights (-1 ... 2) + 1
 REPORT_STEPS = {"1s": 1, "2s": 3}  # future index of the +1 s and +2 s metrics
 POSE_SCALE = 10.0  # metres: trajectory coordinates are fed to the network divided by this
-# weight of an occupied cell in the occupancy loss. About 1.2 % of the cells are occupied (d40m3 val: vehicles 2.1 %,
-# pedestrians 0.3 %): unweighted, the head's probabilities stayed below 0.5 almost everywhere (IoU 0.008 at 0.5 after
-# 1500 steps, 0.13 at 0.1; results/README.md, session 18). Weighted, 0.5 means "occupied with probability >= 1 / (1 +
-# weight)", ~0.09
-OCC_POS_WEIGHT = 10.0
 
 
 def _project(d_model: int, width: int) -> nn.Sequential:
@@ -247,6 +243,7 @@ class WorldModel(nn.Module):
         occ_hw: tuple[int, int] = (32, 32),
         scene_channels: int = 8,
         weights: dict[str, float] | None = None,
+        occ_pos_weight: float = PolicyConfig.occ_pos_weight,
     ) -> None:
         super().__init__()
         for head in heads:
@@ -255,7 +252,7 @@ class WorldModel(nn.Module):
         for head in weights or {}:
             if head not in heads:
                 raise ValueError(f"weight for {head!r}, which is not among the enabled heads {heads}")
-        self.heads = tuple(heads)
+        self.heads, self.occ_pos_weight = tuple(heads), occ_pos_weight
         self.weights = {head: 1.0 for head in heads} | (weights or {})
         self.image_hw, self.bev_hw, self.frame_hw = tuple(image_hw), tuple(bev_hw), tuple(frame_hw)
         self.vq_head = self.frame_head = self.bev_head = None
@@ -352,7 +349,7 @@ class WorldModel(nn.Module):
         occ, lights = occ[:, 0], lights[:, 0]  # (B, T, 2, Ho, Wo), (B, T, 4)
         target = self.occupancy_targets(batch)  # (B, T, 2, Ho, Wo)
         light_target = self.light_targets(batch)  # (B, T)
-        occ_loss = F.binary_cross_entropy_with_logits(occ, target, pos_weight=occ.new_tensor(OCC_POS_WEIGHT))
+        occ_loss = F.binary_cross_entropy_with_logits(occ, target, pos_weight=occ.new_tensor(self.occ_pos_weight))
         light_loss = F.cross_entropy(lights.flatten(0, 1), light_target.flatten())
         logs = {"bev_occ_bce": occ_loss.item(), "bev_light_ce": light_loss.item()}
         with torch.no_grad():

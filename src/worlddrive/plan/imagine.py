@@ -19,7 +19,7 @@ import torch
 
 from worlddrive.models.lateral import along_path
 from worlddrive.models.policy import WorldDrivePolicy
-from worlddrive.models.world_model import OCC_POS_WEIGHT, Raster
+from worlddrive.models.world_model import Raster
 from worlddrive.sim.vehicle import BicycleLimits
 
 FRACTIONS = (1.0, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1, 0.0)  # K = 8: DESIGN's imagination budget, the plan itself first
@@ -53,7 +53,8 @@ def choose(risk: torch.Tensor, limit: float) -> torch.Tensor:
 
 
 class ImaginationPlanner:
-    """A policy whose every plan the world model checks before it drives (`--policy RUN@imagine`): reset, observe,
+    """A policy whose every plan the world model checks before it drives (`--policy RUN@imagine`, or a checkpoint
+    whose PolicyConfig.planner is "imagine"): reset, observe,
     select_action and predict as `WorldDrivePolicy`'s; predict also returns each candidate's risk."""
 
     def __init__(
@@ -86,8 +87,8 @@ class ImaginationPlanner:
         # doubles back (a standing plan's sideways jitter: up to 1.2 m, and +0.046 DS on dev seeds, session 21)
         candidates[:, 0] = plan
         occ, _ = self.policy.world_model.decode(scene, candidates)  # (B, K, T, 2, Ho, Wo) logits
-        # the occupancy loss weighs occupied cells OCC_POS_WEIGHT times: shifting the logit back calibrates it
-        return candidates, torch.sigmoid(occ.float() - math.log(OCC_POS_WEIGHT))
+        # the occupancy loss weighed occupied cells occ_pos_weight times: shifting the logit back calibrates it
+        return candidates, torch.sigmoid(occ.float() - math.log(self.config.occ_pos_weight))
 
     def risk(self, occupancy: torch.Tensor) -> torch.Tensor:
         """(B, K, T, 2, Ho, Wo) imagined occupancy -> (B, K) the most likely occupied footprint cell of each."""
