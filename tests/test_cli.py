@@ -212,6 +212,8 @@ def test_train_only_lateral_moves_the_head_and_nothing_else(split_data_dir, tmp_
     assert json.loads((head / "train_config.json").read_text())["train_only"] == ["lateral"]
     with pytest.raises(SystemExit, match="add --lateral-head"):
         main([*argv, "--out", str(tmp_path / "bad"), "--init", str(base), "--train-only", "lateral"])
+    with pytest.raises(SystemExit, match="add --light-head"):
+        main([*argv, "--out", str(tmp_path / "bad"), "--init", str(base), "--train-only", "light"])
     with pytest.raises(SystemExit, match="give --init CKPT"):
         main([*argv, "--out", str(tmp_path / "bad"), "--lateral-head", "--train-only", "lateral"])
 

@@ -392,8 +392,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         raise SystemExit(f"error: --train-only {a.train_only} trains a head over a trained policy: give --init CKPT")
     fields = WorldDriveDataset.fields_for(a.wm.split(","))  # action-only skips future frames and BEV rasters
     roots = data_roots(a.data)
-    # the lateral head alone reads no future frames or BEV (the val split keeps them for the open-loop metrics)
-    train_fields = WorldDriveDataset.fields_for(()) if a.train_only == "lateral" else fields
+    # a head of its own alone reads no future frames or BEV (the val split keeps them for the open-loop metrics)
+    train_fields = WorldDriveDataset.fields_for(()) if a.train_only else fields
     train_ds = _union(roots, "train", train_fields, a.data_fraction, a.seed)
     val_ds = _union(roots, "val", fields, a.data_fraction, a.seed)
     rank = int(os.environ.get("RANK", "0"))  # set by torchrun
@@ -417,6 +417,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "regression_loss",
             "history_dropout",
             "lateral_head",
+            "light_head",
             "speed_limit_input",
             "stop_line_input",
             "plan_residual",
@@ -429,8 +430,9 @@ def cmd_train(a: argparse.Namespace) -> int:
             if getattr(a, name) is not None:
                 overrides[name] = getattr(a, name)
         config = PolicyConfig.preset(a.config, **overrides)
-        if a.train_only == "lateral" and not config.lateral_head:
-            raise SystemExit("error: --train-only lateral trains the lateral head: add --lateral-head")
+        head = a.train_only
+        if head and not getattr(config, f"{head}_head"):
+            raise SystemExit(f"error: --train-only {head} trains the {head} head: add --{head}-head")
         if a.init:
             policy = _fine_tuned(a.init, config, a.seed)
         else:
@@ -811,6 +813,12 @@ def build_parser() -> argparse.ArgumentParser:
         "waypoints replace the action expert's); with --init, it is added to the checkpoint. Default: the preset's",
     )
     t.add_argument(
+        "--light-head",
+        action=argparse.BooleanOptionalAction,
+        help="a CNN that reads the light ahead's colour from the full-resolution frame, for imagination's stop-line "
+        "check; with --init, it is added to the checkpoint. Default: the preset's (off)",
+    )
+    t.add_argument(
         "--speed-limit-input",
         action=argparse.BooleanOptionalAction,
         help="feed the map's speed limit at the ego's position beside speed and acceleration (the camera's "
@@ -848,9 +856,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--train-only",
-        choices=["lateral"],
-        help="train only this part, the rest of the --init checkpoint frozen (lateral: the lateral head learns to "
-        "steer while the checkpoint keeps its speed choices; its steps skip the frozen parts, so they are fast)",
+        choices=["lateral", "light"],
+        help="train only this head, the rest of the --init checkpoint frozen (lateral: the lateral head learns to "
+        "steer while the checkpoint keeps its speed choices; light: the light head; their steps skip the frozen "
+        "parts, so they are fast)",
     )
     t.add_argument("--data-fraction", type=float, default=1.0)
     t.add_argument("--max-steps", type=int, default=500)

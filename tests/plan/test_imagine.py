@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from worlddrive.eval.drivers import driver_name, load_policy, split_pace, split_planner
+from worlddrive.models.light import LIGHTS
 from worlddrive.models.world_model import Raster
-from worlddrive.plan.imagine import FRACTIONS, ImaginationPlanner, choose, footprint, retime
+from worlddrive.plan.imagine import FRACTIONS, ImaginationPlanner, choose, footprint, red_line_risk, retime
 from worlddrive.sim.camera import BevConfig
 from worlddrive.sim.geometry import distance_along
 
@@ -51,16 +52,60 @@ def test_the_fastest_candidate_within_the_limit_is_chosen_else_the_least_risky()
     assert choose(risk, 0.5).tolist() == [2, 0, 3]
 
 
-def test_the_planner_slows_down_for_what_the_world_model_sees_in_its_path(make_policy, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def obs() -> dict:
+    """The first observation of a `straight` episode."""
     from worlddrive.sim.env import DriveEnv
 
-    policy = make_policy(wm_heads=("bev",))
-    planner = ImaginationPlanner(policy)
     env = DriveEnv({"family": "straight", "bev": False})
     try:
-        obs, _ = env.reset(seed=0)
+        return env.reset(seed=0)[0]
     finally:
         env.close()
+
+
+def _light(name: str) -> np.ndarray:
+    return np.eye(len(LIGHTS))[LIGHTS.index(name)]
+
+
+def test_a_candidate_risks_the_light_only_where_it_crosses_the_line() -> None:
+    cands = retime(_curve(), torch.tensor(FRACTIONS))[0].numpy()  # (K, 8, 3): 48 m for the plan itself
+    red = red_line_risk(cands, _light("red"), 20.0, 10.0)
+    assert red.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # 0.4 x 48 m stops short of the line
+    np.testing.assert_array_equal(
+        red_line_risk(cands, 0.6 * _light("red") + 0.4 * _light("green"), 20.0, 10.0), 0.6 * red
+    )
+    assert not red_line_risk(cands, _light("green"), 20.0, 10.0).any()
+    assert not red_line_risk(cands, _light("red"), None, 10.0).any()  # no light governs the next line
+    assert not red_line_risk(cands, _light("red"), -0.5, 10.0).any()  # the front is past it already
+    # yellow: stop if 3.5 m/s^2 still stops the car before the line, else go on (the expert's rule)
+    np.testing.assert_array_equal(red_line_risk(cands, _light("yellow"), 20.0, 10.0), red)  # 14.8 m to stop
+    assert not red_line_risk(cands, _light("yellow"), 20.0, 12.0).any()  # 21.1 m: too late
+
+
+def test_the_planner_stops_at_the_line_of_a_light_it_sees_red(make_policy, obs, monkeypatch) -> None:
+    from worlddrive.sim.state import CONTROL_NAMES
+
+    policy = make_policy(wm_heads=("bev",), light_head=True)
+    planner = ImaginationPlanner(policy)
+    monkeypatch.setattr(
+        policy.world_model, "decode", lambda scene, c: (torch.full((1, c.shape[1], 8, 2, 32, 32), -30.0), None)
+    )
+    plan = planner.predict(obs)["samples"][0]
+    line = 0.5 * float(np.hypot(*plan[-1, :2]))  # halfway along the plan's 4 s
+    obs = {**obs, "stop_distance": np.float32(line), "stop_control": CONTROL_NAMES.index("light")}
+    for colour, crosses in (("green", True), ("red", False)):
+        monkeypatch.setattr(policy, "light_probs", lambda batch, c=colour: torch.from_numpy(_light(c))[None])
+        planner.reset()
+        pred = planner.predict(obs)
+        assert (float(np.hypot(*pred["trajectory"][-1, :2])) > line) == crosses, (colour, pred["fraction"])
+    assert pred["risk"][0] == 1.0  # the plan itself crosses on red
+    assert pred["fraction"] == pytest.approx(0.4)  # the fastest candidate that stays behind the line
+
+
+def test_the_planner_slows_down_for_what_the_world_model_sees_in_its_path(make_policy, obs, monkeypatch) -> None:
+    policy = make_policy(wm_heads=("bev",))
+    planner = ImaginationPlanner(policy)
     wm = policy.world_model
     decode = wm.decode
 

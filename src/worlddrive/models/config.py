@@ -36,10 +36,12 @@ ADDED_FIELDS = {
     "speed_input": True,
     "occ_pos_weight": 1.0,
     "planner": "fast",
+    "light_head": False,
 }
 # fields a fine-tune may change: they do not shape the weights
 TRAINING_ONLY = frozenset({"history_dropout", "pace", "planner"})
-GROWN = frozenset({"lateral_head"})  # fields a fine-tune may switch on: they add freshly initialised weights only
+# fields a fine-tune may switch on: they add freshly initialised weights only
+GROWN = frozenset({"lateral_head", "light_head"})
 REGRESSION_LOSSES = ("mse", "l1")
 PACES = ("action", "cautious", "path")
 PLANNERS = ("fast", "imagine")
@@ -82,6 +84,10 @@ class PolicyConfig:
     # the plan's path from `LateralHead` (models/lateral.py): camera, speed and command, never the ego history, so
     # that steering has to come from the road the camera sees; the action expert says how far along it to go
     lateral_head: bool = False
+    # `LightHead` (models/light.py): the light ahead's colour from the current frame at the camera's resolution, a
+    # CNN of its own (the shared tokens barely see a lamp 20 m away); imagination keeps plans that would cross the
+    # stop line on red from driving
+    light_head: bool = False
     # with the lateral head, how far along its path each waypoint goes: "action", as far as the action expert's own
     # plan went; "path", as far as the head's path went (the expert's pace, learned without the ego history);
     # "cautious", the lesser of the two, so that either one braking brakes. Shapes no weights.
@@ -152,6 +158,7 @@ class PolicyConfig:
         self._require(0.0 <= self.history_dropout < 1.0, "history_dropout", "within [0, 1)")
         self._require(self.ego_history or not self.history_dropout, "history_dropout", "0 without ego_history")
         self._require(isinstance(self.lateral_head, bool), "lateral_head", "a bool")
+        self._require(isinstance(self.light_head, bool), "light_head", "a bool")
         self._require(isinstance(self.speed_limit_input, bool), "speed_limit_input", "a bool")
         self._require(isinstance(self.stop_line_input, bool), "stop_line_input", "a bool")
         self._require(isinstance(self.plan_residual, bool), "plan_residual", "a bool")

@@ -1,8 +1,8 @@
 """`WorldDrivePolicy`: vision, text, backbone, language head, action expert and (optionally) world-model heads joined
 into one network, with the LeRobot-style policy API and checkpoint layout.
 
-Training: `forward(batch) -> (loss, logs)` on a batch from `collate`, L = L_action (+ L_lateral) + lambda_wm L_wm +
-lambda_lang L_lang. Driving: `reset()` at an episode start, then `select_action(obs)` once per env step (10 Hz):
+Training: `forward(batch) -> (loss, logs)` on a batch from `collate`, L = L_action (+ L_lateral + L_light) + lambda_wm
+L_wm + lambda_lang L_lang. Driving: `reset()` at an episode start, then `select_action(obs)` once per env step (10 Hz):
 the policy keeps the frames and poses it needs for the past, as the dataset's samples hold them. Checkpoints are a
 folder of config.json, model.safetensors, tokenizer.json and stats.json (and backbone_config.json, the Hugging Face
 config of an hf backbone, so that the checkpoint does not depend on where that config was), written atomically and
@@ -32,6 +32,7 @@ from worlddrive.models.action import make_action_expert
 from worlddrive.models.backbone import Layout, make_backbone
 from worlddrive.models.config import PolicyConfig
 from worlddrive.models.lateral import LateralHead, along_path
+from worlddrive.models.light import LightHead
 from worlddrive.models.sentence import MINILM_DIM, minilm
 from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_tokenizer
 from worlddrive.models.vision import VisionEncoder
@@ -59,6 +60,8 @@ BACKBONE_FILE = "backbone_config.json"  # hf backbones only
 CHECKPOINT_FILES = (CONFIG_FILE, MODEL_FILE, TOKENIZER_FILE, STATS_FILE)
 HISTORY_FEATURES = 2 + 3 * PAST  # steering, yaw rate; past poses (x, y, yaw), when config.ego_history
 STD_FLOOR = 1e-2  # metres / radians: a coordinate that never varies in the data is not blown up by its ~0 std
+# heads that read the camera frame themselves, not the shared tokens: each can train alone over a frozen policy, fast
+HEADS_OF_THEIR_OWN = ("lateral", "light")
 STOP_NEAR = 15.0  # m: the stop line distance feature exp(-d / STOP_NEAR) changes most over the last braking metres
 
 
@@ -140,6 +143,7 @@ class WorldDrivePolicy(nn.Module):
         self.lm_head = nn.Linear(d, config.vocab_size, bias=False)
         self.action_expert = make_action_expert(config)
         self.lateral = LateralHead(config) if config.lateral_head else None
+        self.light = LightHead() if config.light_head else None
         self.apply(_init_weights)
         planned = "trajectory_residual" if config.plan_residual else "trajectory"
         if config.plan_residual and not stats.get(planned):
@@ -202,32 +206,44 @@ class WorldDrivePolicy(nn.Module):
         batch = self._to_device(batch)
         cfg = self.config
         target = self.normalise(batch["trajectory"], batch["ego"][:, EGO_SPEED])  # (B, W, 3)
-        if self.lateral is not None and self._only_lateral_trains():  # every other term is a constant: skip them
+        alone = self._heads_training_alone()
+        if alone:  # every other term is a constant: skip them
             check_finite(batch)
-            loss = self.lateral.loss(self._lateral(batch), target)
+            heads = self._head_losses(batch, target, alone)
+            loss = sum(heads.values())
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite lateral loss from finite inputs: {_scalar(loss)}")
-            return loss, {"loss": _scalar(loss), "lateral_loss": _scalar(loss)}
+                raise FloatingPointError(f"non-finite {sorted(heads)} loss from finite inputs: {_scalar(loss)}")
+            return loss, {"loss": _scalar(loss), **{k: _scalar(v) for k, v in heads.items()}}
         hidden, layout = self.encode(batch, reasoning=cfg.lambda_lang > 0)  # (B, L, D)
         zero = hidden.new_zeros(())
         action_loss = self.action_expert.loss(hidden[:, layout["action"]], target)
-        lateral = {}
-        if self.lateral is not None:
-            lateral["lateral_loss"] = self.lateral.loss(self._lateral(batch), target)
+        heads = self._head_losses(batch, target, [h for h in HEADS_OF_THEIR_OWN if getattr(self, h) is not None])
         lang_loss = self._language_loss(hidden[:, layout["reasoning"]], batch) if cfg.lambda_lang > 0 else zero
         wm_loss, wm_logs = zero, {}
         if self.world_model is not None:
             wm_loss, wm_logs = self.world_model.loss(self.visual_grid(hidden), batch)
-        loss = action_loss + sum(lateral.values(), zero) + cfg.lambda_wm * wm_loss + cfg.lambda_lang * lang_loss
-        terms = {"loss": loss, "action_loss": action_loss, "wm_loss": wm_loss, "lang_loss": lang_loss, **lateral}
+        loss = action_loss + sum(heads.values(), zero) + cfg.lambda_wm * wm_loss + cfg.lambda_lang * lang_loss
+        terms = {"loss": loss, "action_loss": action_loss, "wm_loss": wm_loss, "lang_loss": lang_loss, **heads}
         logs = {k: _scalar(v) for k, v in {**wm_logs, **terms}.items()}  # the heads' own terms and metrics too
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss from finite inputs: {logs}")
         return loss, logs
 
-    def _only_lateral_trains(self) -> bool:
-        """True when the lateral head trains alone over a frozen policy (`worlddrive train --train-only lateral`)."""
-        return not any(p.requires_grad for n, p in self.named_parameters() if not n.startswith("lateral."))
+    def _heads_training_alone(self) -> list[str]:
+        """The heads of their own (`HEADS_OF_THEIR_OWN`) that train while everything else is frozen (`worlddrive
+        train --train-only lateral|light`); empty when anything else trains."""
+        training = {name.split(".")[0] for name, p in self.named_parameters() if p.requires_grad}
+        return sorted(training) if training and training <= set(HEADS_OF_THEIR_OWN) else []
+
+    def _head_losses(self, batch: dict[str, Any], target: torch.Tensor, heads: list[str]) -> dict[str, torch.Tensor]:
+        """`{head}_loss` of each named head of its own: the lateral head's path against the normalised target
+        trajectory (B, W, 3), the light head's colour against the light ahead now."""
+        losses = {}
+        if "lateral" in heads:
+            losses["lateral_loss"] = self.lateral.loss(self._lateral(batch), target)
+        if "light" in heads:
+            losses["light_loss"] = self.light.loss(self.light(batch["camera"][:, -1]), batch["lights"])
+        return losses
 
     def visual_grid(self, hidden: torch.Tensor) -> torch.Tensor:
         """The backbone's hidden states of the current frame's patch tokens (B, h, w, D), for the world-model heads."""
@@ -331,6 +347,13 @@ class WorldDrivePolicy(nn.Module):
         hidden, layout = self.encode(batch, reasoning=False)
         plan = self.paced(*self._plan_and_path(hidden, layout, batch, 1, None))[:, 0]
         return plan, bev_head.encode_scene(self.visual_grid(hidden))
+
+    @torch.no_grad()
+    def light_probs(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """The light head's probabilities (B, 4) over `light.LIGHTS` for the light ahead now; None without it."""
+        if self.light is None:
+            return None
+        return self.light(self._to_device(batch)["camera"][:, -1]).float().softmax(-1)
 
     def bev_head(self) -> BevHead:
         """The world model's bev head, which imagination needs; a ValueError naming the heads this policy has."""

@@ -21,6 +21,7 @@ from torch import nn
 
 from worlddrive.data.record import FUTURE
 from worlddrive.models.config import PolicyConfig
+from worlddrive.models.light import LIGHTS
 from worlddrive.models.vq import VQTokenizer, psnr, ssim
 from worlddrive.sim.camera import BEV_CHANNELS, BevConfig
 
@@ -29,7 +30,6 @@ VQ_STEP = 0  # the vq head predicts future frame 0: +0.5 s
 FRAME_STEPS = 4  # the frame head predicts future frames 0 ... 3: +0.5 ... +2 s
 OCCUPANCY = ("vehicles", "pedestrians")  # BEV channels the bev head predicts
 OCCUPANCY_CHANNELS = [BEV_CHANNELS.index(name) for name in OCCUPANCY]
-LIGHTS = ("none", "green", "yellow", "red")  # light classes: the dataset's lights (-1 ... 2) + 1
 REPORT_STEPS = {"1s": 1, "2s": 3}  # future index of the +1 s and +2 s metrics
 POSE_SCALE = 10.0  # metres: trajectory coordinates are fed to the network divided by this
 

@@ -5,8 +5,10 @@ blackboard fed back into the decision. The candidates are the policy's own plan 
 fraction of its distance (1, 0.85, ..., 0), so imagination can slow the plan down or stop it, never steer it
 elsewhere. A candidate's risk is the bev head's probability that a vehicle or pedestrian occupies the ego's
 footprint at one of its future steps, in that candidate's own future pose (the head is conditioned on the candidate,
-`BevHead.decode`; the scene is encoded once per frame). The fastest candidate whose risk stays within `risk_limit`
-drives; when none does, the least risky.
+`BevHead.decode`; the scene is encoded once per frame). With a light head (models/light.py) a candidate that takes
+the front bumper past a stop line a light governs also risks the probability that the light is red, or yellow while
+a comfortable stop is still possible (the expert's rule). The fastest candidate whose risk stays within
+`risk_limit` drives; when none does, the least risky.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import numpy as np
 import torch
 
 from worlddrive.models.lateral import along_path
+from worlddrive.models.light import LIGHTS
 from worlddrive.models.policy import WorldDrivePolicy
 from worlddrive.models.world_model import Raster
+from worlddrive.sim.geometry import distance_along
+from worlddrive.sim.state import CONTROL_NAMES, EGO_SPEED
 from worlddrive.sim.vehicle import BicycleLimits
 
 FRACTIONS = (1.0, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1, 0.0)  # K = 8: DESIGN's imagination budget, the plan itself first
@@ -28,6 +33,7 @@ FRACTIONS = (1.0, 0.85, 0.7, 0.55, 0.4, 0.25, 0.1, 0.0)  # K = 8: DESIGN's imagi
 # training seeds, drove +0.026 DS [-0.003, +0.059] on them and +0.082 [+0.045, +0.121] on the dev seeds, with 11
 # at-fault collisions against 21; a second training seed gained +0.009 there (results/README.md, session 21)
 RISK_LIMIT = 0.12
+YELLOW_DECEL = 3.5  # m/s^2: at yellow, stop if this braking stops the car 0.5 m before the line (sim/expert.py's rule)
 
 
 def retime(plan: torch.Tensor, fractions: torch.Tensor) -> torch.Tensor:
@@ -44,6 +50,17 @@ def footprint(raster: Raster, size: tuple[float, float]) -> torch.Tensor:
     length, width = size
     half = raster.cell / 2
     return (xy[..., 0] >= -length / 2) & (xy[..., 0] <= length / 2 + half) & (xy[..., 1].abs() <= width / 2 + half)
+
+
+def red_line_risk(candidates: np.ndarray, light: np.ndarray, line: float | None, speed: float) -> np.ndarray:
+    """Candidates (K, W, 3), the light head's probabilities (4,) over `LIGHTS`, the distance (m) from the front
+    bumper to the next stop line when a light governs it (else None) and the ego's speed -> (K,) the probability
+    that each candidate runs the light: P(red), plus P(yellow) while a comfortable stop is still possible, for a
+    candidate whose last waypoint is past the line; 0 for the others."""
+    if line is None or line < 0:  # no light ahead, or the front is already past its line
+        return np.zeros(len(candidates))
+    stop = light[LIGHTS.index("red")] + light[LIGHTS.index("yellow")] * (line > speed**2 / (2 * YELLOW_DECEL) + 0.5)
+    return stop * (distance_along(candidates)[:, -1] > line)
 
 
 def choose(risk: torch.Tensor, limit: float) -> torch.Tensor:
@@ -94,6 +111,15 @@ class ImaginationPlanner:
         """(B, K, T, 2, Ho, Wo) imagined occupancy -> (B, K) the most likely occupied footprint cell of each."""
         return occupancy[..., self.footprint].flatten(2).amax(-1)
 
+    def light_risk(self, obs: dict[str, Any], batch: dict[str, Any], candidates: np.ndarray) -> np.ndarray:
+        """(K,) each candidate's risk of running the light ahead (`red_line_risk`); zeros without a light head."""
+        light = self.policy.light_probs(batch)
+        if light is None:
+            return np.zeros(len(candidates))
+        governed = int(obs["stop_control"]) == CONTROL_NAMES.index("light")
+        line = float(obs["stop_distance"]) if governed else None
+        return red_line_risk(candidates, light[0].cpu().numpy(), line, float(obs["ego"][EGO_SPEED]))
+
     def predict(self, obs: dict[str, Any], reason: bool = False) -> dict:
         """trajectory (W, 3) (the chosen candidate), samples (K, W, 3) (every candidate), risk (K,), chosen, fraction
         (of the plan's distance it covers), occupancy (T, 2, Ho, Wo) imagined around it, and reasoning text (None
@@ -101,9 +127,10 @@ class ImaginationPlanner:
         self.policy.observe(obs)
         batch = self.policy.history_batch()
         candidates, occupancy = self.imagine(batch)
-        risk = self.risk(occupancy)
-        k = int(choose(risk, self.risk_limit)[0])
         samples = candidates[0].float().cpu().numpy()
+        light = torch.from_numpy(self.light_risk(obs, batch, samples)).to(occupancy)
+        risk = torch.maximum(self.risk(occupancy), light[None])  # (1, K)
+        k = int(choose(risk, self.risk_limit)[0])
         return {
             "trajectory": samples[k],
             "samples": samples,
