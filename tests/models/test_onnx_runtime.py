@@ -15,8 +15,14 @@ from worlddrive.models.policy import CONFIG_FILE
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-# the builtin's inputs: lateral head at the cautious pace, the map's speed limit and stop line, the ego history
-FULL = {"lateral_head": True, "pace": "cautious", "speed_limit_input": True, "stop_line_input": True}
+# the builtin's inputs: lateral head at the cautious pace, the map's speed limit and stop line, no ego history
+FULL = {
+    "lateral_head": True,
+    "pace": "cautious",
+    "speed_limit_input": True,
+    "stop_line_input": True,
+    "ego_history": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,7 @@ def _drive(policy, observations: list[dict]) -> np.ndarray:
 
 
 def test_the_exported_graph_drives_as_the_eager_checkpoint(make_policy, observations, tmp_path: Path) -> None:
-    make_policy(**FULL, wm_heads=("bev",), planner="imagine").save_pretrained(tmp_path / "eager")  # as the builtin
+    make_policy(**FULL, wm_heads=("bev",), light_head=True, planner="imagine").save_pretrained(tmp_path / "eager")
     record = export_onnx(tmp_path / "eager", tmp_path / "fast")
     assert not record["int8"] and record["max_abs_error_m"] < 1e-3
     assert load_policy(str(tmp_path / "eager")).config.planner == "imagine"  # the eager one imagines,
