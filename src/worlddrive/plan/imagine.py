@@ -71,8 +71,8 @@ def choose(risk: torch.Tensor, limit: float) -> torch.Tensor:
 
 class ImaginationPlanner:
     """A policy whose every plan the world model checks before it drives (`--policy RUN@imagine`, or a checkpoint
-    whose PolicyConfig.planner is "imagine"): reset, observe,
-    select_action and predict as `WorldDrivePolicy`'s; predict also returns each candidate's risk."""
+    whose PolicyConfig.planner is "imagine"): reset, observe, select_action and predict as `WorldDrivePolicy`'s;
+    predict also returns each candidate's risk."""
 
     def __init__(
         self, policy: WorldDrivePolicy, fractions: tuple[float, ...] = FRACTIONS, risk_limit: float = RISK_LIMIT
