@@ -129,8 +129,9 @@ class PolicyConfig:
     # (IoU 0.008 at 0.5 after 1500 steps, 0.13 at 0.1; results/README.md, session 18). Imagination reads the head's
     # probabilities back through it (logit - log weight), so a checkpoint records the weight its head learned with
     occ_pos_weight: float = 10.0
-    # how a decision is made: "fast", the plan as the network gives it; "imagine", the bev head scores the plan
-    # retimed to K speeds and the fastest it foresees no collision for drives (plan/imagine.py). Shapes no weights
+    # how a decision is made: "fast", the plan as the network gives it; "imagine", the bev head (and the light head,
+    # if any) scores the plan retimed to K speeds and the fastest it foresees no collision or red light for drives
+    # (plan/imagine.py). Shapes no weights
     planner: str = "fast"
     device: str = "auto"
 
