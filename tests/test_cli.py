@@ -152,7 +152,7 @@ def test_fine_tuning_from_a_checkpoint_on_a_union_of_datasets(split_data_dir, tm
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(tmp_path / "base"), "--wm", "frame"])
 
 
-def test_fine_tuning_can_switch_on_the_lateral_head(split_data_dir, tmp_path, capsys):
+def test_fine_tuning_can_switch_on_the_lateral_and_light_heads(split_data_dir, tmp_path, capsys):
     from safetensors.torch import load_file
 
     data, base, grown = str(split_data_dir), tmp_path / "base", tmp_path / "grown"
@@ -167,6 +167,14 @@ def test_fine_tuning_can_switch_on_the_lateral_head(split_data_dir, tmp_path, ca
     assert json.loads((grown / "policy" / "config.json").read_text())["lateral_head"] is True
     with pytest.raises(SystemExit, match=r"not the model these flags describe .*'lateral_head': \(True, False\)"):
         main([*argv, "--data", data, "--out", str(tmp_path / "bad"), "--init", str(grown)])
+    # the light head and its colour as an input: the input starts at zero, so the grown policy decides as before
+    lit = tmp_path / "lit"
+    flags = ["--lateral-head", "--light-head", "--light-input", "--lr", "0"]
+    assert main([*argv, "--data", data, "--out", str(lit), "--init", str(grown), *flags]) == 0
+    assert "['light_head', 'light_input'] switched on" in capsys.readouterr().out
+    lit_weights = load_file(lit / "policy" / "model.safetensors")
+    assert {k.split(".")[0] for k in lit_weights.keys() - after.keys()} == {"light", "light_state"}
+    assert not lit_weights["light_state.weight"].any() and not lit_weights["light_state.bias"].any()
 
 
 @pytest.mark.parametrize("field", ["speed_limit_input", "stop_line_input", "plan_residual"])

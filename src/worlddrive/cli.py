@@ -418,6 +418,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "history_dropout",
             "lateral_head",
             "light_head",
+            "light_input",
             "speed_limit_input",
             "stop_line_input",
             "plan_residual",
@@ -817,6 +818,12 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="a CNN that reads the light ahead's colour from the full-resolution frame, for imagination's stop-line "
         "check; with --init, it is added to the checkpoint. Default: the preset's (off)",
+    )
+    t.add_argument(
+        "--light-input",
+        action=argparse.BooleanOptionalAction,
+        help="feed the light head's colour probabilities to the decision (needs --light-head); with --init, it is "
+        "added to the checkpoint, zero-initialised. Default: the preset's (off)",
     )
     t.add_argument(
         "--speed-limit-input",

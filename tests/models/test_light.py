@@ -54,3 +54,19 @@ def test_light_head_overfits_red_against_green_and_round_trips(make_policy, tmp_
     assert loaded.config.light_head
     np.testing.assert_allclose(loaded.light_probs({"camera": frames[:, None]}), probs, atol=1e-6)
     assert make_policy().light_probs({"camera": frames[:, None]}) is None  # no head, no opinion
+
+
+def test_light_input_starts_at_zero_and_then_steers_the_plan_by_the_colour(make_policy, items: list) -> None:
+    policy = make_policy(light_head=True, light_input=True)
+    batch = policy.collate(items)
+    plan = policy.predict_trajectory(batch)
+    policy.light.net[-1].bias.data += torch.tensor([0.0, 0.0, 0.0, 9.0])  # the head now says red for every frame
+    torch.testing.assert_close(policy.predict_trajectory(batch), plan)  # zero-initialised: no say yet
+    segments, _ = policy._prefix(batch)
+    segments["state"].sum().backward()
+    assert policy.light_state.weight.grad.abs().sum() > 0  # the decision's losses teach it
+    assert all(p.grad is None for p in policy.light.parameters())  # detached: only the light loss trains the head
+    policy.light_state.weight.data.normal_()
+    assert not torch.allclose(policy.predict_trajectory(batch), plan)
+    with pytest.raises(ValueError, match="light_input=True, expected False without the light head"):
+        make_policy(light_input=True)

@@ -48,7 +48,9 @@ def _drive(policy, observations: list[dict]) -> np.ndarray:
 
 
 def test_the_exported_graph_drives_as_the_eager_checkpoint(make_policy, observations, tmp_path: Path) -> None:
-    make_policy(**FULL, wm_heads=("bev",), light_head=True, planner="imagine").save_pretrained(tmp_path / "eager")
+    eager = make_policy(**FULL, wm_heads=("bev",), light_head=True, light_input=True, planner="imagine")
+    eager.light_state.weight.data.normal_()  # the light head's colour steers the plan inside the graph too
+    eager.save_pretrained(tmp_path / "eager")
     record = export_onnx(tmp_path / "eager", tmp_path / "fast")
     assert not record["int8"] and record["max_abs_error_m"] < 1e-3
     assert load_policy(str(tmp_path / "eager")).config.planner == "imagine"  # the eager one imagines,

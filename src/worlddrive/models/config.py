@@ -37,11 +37,12 @@ ADDED_FIELDS = {
     "occ_pos_weight": 1.0,
     "planner": "fast",
     "light_head": False,
+    "light_input": False,
 }
 # fields a fine-tune may change: they do not shape the weights
 TRAINING_ONLY = frozenset({"history_dropout", "pace", "planner"})
 # fields a fine-tune may switch on: they add freshly initialised weights only
-GROWN = frozenset({"lateral_head", "light_head"})
+GROWN = frozenset({"lateral_head", "light_head", "light_input"})
 REGRESSION_LOSSES = ("mse", "l1")
 PACES = ("action", "cautious", "path")
 PLANNERS = ("fast", "imagine")
@@ -88,6 +89,10 @@ class PolicyConfig:
     # CNN of its own (the shared tokens barely see a lamp 20 m away); imagination keeps plans that would cross the
     # stop line on red from driving
     light_head: bool = False
+    # the light head's probabilities as an input to the state token (detached: the head stays a light classifier).
+    # Without them the action expert guesses the colour from 64 x 128 frames and brakes for every light, green too
+    # (results/README.md, session 23). Zero-initialised, so a checkpoint it is switched on for drives as before
+    light_input: bool = False
     # with the lateral head, how far along its path each waypoint goes: "action", as far as the action expert's own
     # plan went; "path", as far as the head's path went (the expert's pace, learned without the ego history);
     # "cautious", the lesser of the two, so that either one braking brakes. Shapes no weights.
@@ -160,6 +165,8 @@ class PolicyConfig:
         self._require(self.ego_history or not self.history_dropout, "history_dropout", "0 without ego_history")
         self._require(isinstance(self.lateral_head, bool), "lateral_head", "a bool")
         self._require(isinstance(self.light_head, bool), "light_head", "a bool")
+        self._require(isinstance(self.light_input, bool), "light_input", "a bool")
+        self._require(self.light_head or not self.light_input, "light_input", "False without the light head")
         self._require(isinstance(self.speed_limit_input, bool), "speed_limit_input", "a bool")
         self._require(isinstance(self.stop_line_input, bool), "stop_line_input", "a bool")
         self._require(isinstance(self.plan_residual, bool), "plan_residual", "a bool")

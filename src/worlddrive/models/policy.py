@@ -32,7 +32,7 @@ from worlddrive.models.action import make_action_expert
 from worlddrive.models.backbone import Layout, make_backbone
 from worlddrive.models.config import PolicyConfig
 from worlddrive.models.lateral import LateralHead, along_path
-from worlddrive.models.light import LightHead
+from worlddrive.models.light import LIGHTS, LightHead
 from worlddrive.models.sentence import MINILM_DIM, minilm
 from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_tokenizer
 from worlddrive.models.vision import VisionEncoder
@@ -144,7 +144,11 @@ class WorldDrivePolicy(nn.Module):
         self.action_expert = make_action_expert(config)
         self.lateral = LateralHead(config) if config.lateral_head else None
         self.light = LightHead() if config.light_head else None
+        self.light_state = nn.Linear(len(LIGHTS), d) if config.light_input else None
         self.apply(_init_weights)
+        if self.light_state is not None:  # a grown checkpoint starts out deciding as it did
+            nn.init.zeros_(self.light_state.weight)
+            nn.init.zeros_(self.light_state.bias)
         planned = "trajectory_residual" if config.plan_residual else "trajectory"
         if config.plan_residual and not stats.get(planned):
             raise ValueError(
@@ -301,10 +305,13 @@ class WorldDrivePolicy(nn.Module):
                 history = history * keep
             features.append(history)
         features = torch.cat(features, dim=1)  # (B, motion_features [+ HISTORY_FEATURES])
+        state = self.state(features) + self.command(batch["command"])  # (B, D)
+        if self.light_state is not None:
+            state = state + self.light_state(self.light(batch["camera"][:, -1]).float().softmax(-1).detach())
         instruction, instruction_valid = self._instruction(batch)
         segments = {
             "visual": self.vision(batch["camera"], batch.get("camera_embedded")),  # (B, Nv, D)
-            "state": (self.state(features) + self.command(batch["command"]))[:, None],  # (B, 1, D)
+            "state": state[:, None],  # (B, 1, D)
             "instruction": instruction,  # (B, Ni, D)
         }
         return segments, {"instruction": instruction_valid}
