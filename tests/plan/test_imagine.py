@@ -10,9 +10,18 @@ import torch
 from worlddrive.eval.drivers import driver_name, load_policy, split_pace, split_planner
 from worlddrive.models.light import LIGHTS
 from worlddrive.models.world_model import Raster
-from worlddrive.plan.imagine import FRACTIONS, ImaginationPlanner, choose, footprint, red_line_risk, retime
+from worlddrive.plan.imagine import (
+    FRACTIONS,
+    ImaginationPlanner,
+    choose,
+    footprint,
+    must_stop,
+    retime,
+    stop_line_risk,
+)
 from worlddrive.sim.camera import BevConfig
 from worlddrive.sim.geometry import distance_along
+from worlddrive.sim.state import CONTROL_NAMES
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -68,24 +77,30 @@ def _light(name: str) -> np.ndarray:
     return np.eye(len(LIGHTS))[LIGHTS.index(name)]
 
 
-def test_a_candidate_risks_the_light_only_where_it_crosses_the_line() -> None:
+def test_a_candidate_risks_the_line_only_where_it_crosses_it() -> None:
     cands = retime(_curve(), torch.tensor(FRACTIONS))[0].numpy()  # (K, 8, 3): 48 m for the plan itself
-    red = red_line_risk(cands, _light("red"), 20.0, 10.0)
-    assert red.tolist() == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0]  # 0.4 x 48 m stops short of the line
-    np.testing.assert_array_equal(
-        red_line_risk(cands, 0.6 * _light("red") + 0.4 * _light("green"), 20.0, 10.0), 0.6 * red
-    )
-    assert not red_line_risk(cands, _light("green"), 20.0, 10.0).any()
-    assert not red_line_risk(cands, _light("red"), None, 10.0).any()  # no light governs the next line
-    assert not red_line_risk(cands, _light("red"), -0.5, 10.0).any()  # the front is past it already
+    risk = stop_line_risk(cands, 20.0, 0.6)
+    np.testing.assert_array_equal(risk, [0.6] * 4 + [0.0] * 4)  # 0.4 x 48 m stops short of the line
+
+
+def test_the_rules_stop_at_red_at_a_stop_sign_and_at_yellow_while_a_comfortable_stop_is_possible() -> None:
+    light, stop, yield_, none = (CONTROL_NAMES.index(c) for c in ("light", "stop", "yield", "none"))
+    assert must_stop(light, _light("red"), 20.0, 10.0) == 1.0
+    assert must_stop(light, 0.6 * _light("red") + 0.4 * _light("green"), 20.0, 10.0) == pytest.approx(0.6)
+    assert must_stop(light, _light("green"), 20.0, 10.0) == 0.0
+    assert must_stop(light, None, 20.0, 10.0) == 0.0  # no light head: the colour is unknown
+    assert must_stop(light, _light("red"), -0.5, 10.0) == 0.0  # the front is past the line already
     # yellow: stop if 3.5 m/s^2 still stops the car before the line, else go on (the expert's rule)
-    np.testing.assert_array_equal(red_line_risk(cands, _light("yellow"), 20.0, 10.0), red)  # 14.8 m to stop
-    assert not red_line_risk(cands, _light("yellow"), 20.0, 12.0).any()  # 21.1 m: too late
+    assert must_stop(light, _light("yellow"), 20.0, 10.0) == 1.0  # 14.8 m to stop
+    assert must_stop(light, _light("yellow"), 20.0, 12.0) == 0.0  # 21.1 m: too late
+    # a stop sign's line is reported until it is served: until then every candidate must stop short of it
+    assert must_stop(stop, None, 20.0, 10.0) == 1.0 and must_stop(stop, None, -0.5, 0.0) == 0.0
+    assert must_stop(yield_, _light("red"), 20.0, 10.0) == 0.0 and must_stop(none, _light("red"), 20.0, 10.0) == 0.0
 
 
-def test_the_planner_stops_at_the_line_of_a_light_it_sees_red(make_policy, obs, monkeypatch) -> None:
-    from worlddrive.sim.state import CONTROL_NAMES
-
+def test_the_planner_stops_at_a_line_it_sees_red_and_at_a_stop_sign_not_yet_served(
+    make_policy, obs, monkeypatch
+) -> None:
     policy = make_policy(wm_heads=("bev",), light_head=True)
     planner = ImaginationPlanner(policy)
     monkeypatch.setattr(
@@ -93,14 +108,15 @@ def test_the_planner_stops_at_the_line_of_a_light_it_sees_red(make_policy, obs, 
     )
     plan = planner.predict(obs)["samples"][0]
     line = 0.5 * float(np.hypot(*plan[-1, :2]))  # halfway along the plan's 4 s
-    obs = {**obs, "stop_distance": np.float32(line), "stop_control": CONTROL_NAMES.index("light")}
-    for colour, crosses in (("green", True), ("red", False)):
+    cases = (("light", "green", True), ("light", "red", False), ("stop", "green", False), ("yield", "red", True))
+    for control, colour, crosses in cases:
         monkeypatch.setattr(policy, "light_probs", lambda batch, c=colour: torch.from_numpy(_light(c))[None])
         planner.reset()
-        pred = planner.predict(obs)
-        assert (float(np.hypot(*pred["trajectory"][-1, :2])) > line) == crosses, (colour, pred["fraction"])
-    assert pred["risk"][0] == 1.0  # the plan itself crosses on red
-    assert pred["fraction"] == pytest.approx(0.4)  # the fastest candidate that stays behind the line
+        pred = planner.predict({**obs, "stop_distance": np.float32(line), "stop_control": CONTROL_NAMES.index(control)})
+        assert (float(np.hypot(*pred["trajectory"][-1, :2])) > line) == crosses, (control, colour, pred["fraction"])
+        if not crosses:
+            assert pred["risk"][0] == 1.0  # the plan itself crosses
+            assert pred["fraction"] == pytest.approx(0.4)  # the fastest candidate that stays behind the line
 
 
 def test_the_planner_slows_down_for_what_the_world_model_sees_in_its_path(make_policy, obs, monkeypatch) -> None:

@@ -5,10 +5,11 @@ blackboard fed back into the decision. The candidates are the policy's own plan 
 fraction of its distance (1, 0.85, ..., 0), so imagination can slow the plan down or stop it, never steer it
 elsewhere. A candidate's risk is the bev head's probability that a vehicle or pedestrian occupies the ego's
 footprint at one of its future steps, in that candidate's own future pose (the head is conditioned on the candidate,
-`BevHead.decode`; the scene is encoded once per frame). With a light head (models/light.py) a candidate that takes
-the front bumper past a stop line a light governs also risks the probability that the light is red, or yellow while
-a comfortable stop is still possible (the expert's rule). The fastest candidate whose risk stays within
-`risk_limit` drives; when none does, the least risky.
+`BevHead.decode`; the scene is encoded once per frame). A candidate that takes the front bumper past the route's next
+stop line also risks the probability that the rules stop the car there: 1 at a stop sign not yet served (the map's
+line; the car's odometry knows it came to rest), and with a light head (models/light.py) the probability that the
+light is red, or yellow while a comfortable stop is still possible (the expert's rule). The fastest candidate whose
+risk stays within `risk_limit` drives; when none does, the least risky.
 """
 
 from __future__ import annotations
@@ -52,14 +53,24 @@ def footprint(raster: Raster, size: tuple[float, float]) -> torch.Tensor:
     return (xy[..., 0] >= -length / 2) & (xy[..., 0] <= length / 2 + half) & (xy[..., 1].abs() <= width / 2 + half)
 
 
-def red_line_risk(candidates: np.ndarray, light: np.ndarray, line: float | None, speed: float) -> np.ndarray:
-    """Candidates (K, W, 3), the light head's probabilities (4,) over `LIGHTS`, the distance (m) from the front
-    bumper to the next stop line when a light governs it (else None) and the ego's speed -> (K,) the probability
-    that each candidate runs the light: P(red), plus P(yellow) while a comfortable stop is still possible, for a
-    candidate whose last waypoint is past the line; 0 for the others."""
-    if line is None or line < 0:  # no light ahead, or the front is already past its line
-        return np.zeros(len(candidates))
-    stop = light[LIGHTS.index("red")] + light[LIGHTS.index("yellow")] * (line > speed**2 / (2 * YELLOW_DECEL) + 0.5)
+def must_stop(control: int, light: np.ndarray | None, line: float, speed: float) -> float:
+    """The probability that the rules stop the ego at the next stop line, governed by `control` (CONTROL_NAMES) and
+    `line` m from the front bumper: 1 at a stop sign (the world stops reporting a served one's line), P(red), plus
+    P(yellow) while 3.5 m/s^2 still stops 0.5 m short (the expert's rule), at a light by the light head's
+    probabilities (4,) over `LIGHTS`; 0 at a yield line, without a light head, or with the front already past."""
+    if line < 0:
+        return 0.0
+    if control == CONTROL_NAMES.index("stop"):
+        return 1.0
+    if control != CONTROL_NAMES.index("light") or light is None:
+        return 0.0
+    late = line <= speed**2 / (2 * YELLOW_DECEL) + 0.5
+    return float(light[LIGHTS.index("red")] + light[LIGHTS.index("yellow")] * (not late))
+
+
+def stop_line_risk(candidates: np.ndarray, line: float, stop: float) -> np.ndarray:
+    """Candidates (K, W, 3) -> (K,) the probability `stop` that each runs the stop line `line` m ahead of the front
+    bumper: for a candidate whose last waypoint is past it, else 0."""
     return stop * (distance_along(candidates)[:, -1] > line)
 
 
@@ -111,14 +122,15 @@ class ImaginationPlanner:
         """(B, K, T, 2, Ho, Wo) imagined occupancy -> (B, K) the most likely occupied footprint cell of each."""
         return occupancy[..., self.footprint].flatten(2).amax(-1)
 
-    def light_risk(self, obs: dict[str, Any], batch: dict[str, Any], candidates: np.ndarray) -> np.ndarray:
-        """(K,) each candidate's risk of running the light ahead (`red_line_risk`); zeros without a light head."""
-        light = self.policy.light_probs(batch)
-        if light is None:
-            return np.zeros(len(candidates))
-        governed = int(obs["stop_control"]) == CONTROL_NAMES.index("light")
-        line = float(obs["stop_distance"]) if governed else None
-        return red_line_risk(candidates, light[0].cpu().numpy(), line, float(obs["ego"][EGO_SPEED]))
+    def line_risk(self, obs: dict[str, Any], batch: dict[str, Any], candidates: np.ndarray) -> np.ndarray:
+        """(K,) each candidate's risk of running the next stop line (`must_stop`, `stop_line_risk`); the light head
+        runs only when a light governs it."""
+        control, line = int(obs["stop_control"]), float(obs["stop_distance"])
+        light = None
+        if control == CONTROL_NAMES.index("light") and line >= 0:
+            probs = self.policy.light_probs(batch)
+            light = None if probs is None else probs[0].cpu().numpy()
+        return stop_line_risk(candidates, line, must_stop(control, light, line, float(obs["ego"][EGO_SPEED])))
 
     def predict(self, obs: dict[str, Any], reason: bool = False) -> dict:
         """trajectory (W, 3) (the chosen candidate), samples (K, W, 3) (every candidate), risk (K,), chosen, fraction
@@ -128,8 +140,8 @@ class ImaginationPlanner:
         batch = self.policy.history_batch()
         candidates, occupancy = self.imagine(batch)
         samples = candidates[0].float().cpu().numpy()
-        light = torch.from_numpy(self.light_risk(obs, batch, samples)).to(occupancy)
-        risk = torch.maximum(self.risk(occupancy), light[None])  # (1, K)
+        line = torch.from_numpy(self.line_risk(obs, batch, samples)).to(occupancy)
+        risk = torch.maximum(self.risk(occupancy), line[None])  # (1, K)
         k = int(choose(risk, self.risk_limit)[0])
         return {
             "trajectory": samples[k],
