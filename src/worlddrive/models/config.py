@@ -89,9 +89,10 @@ class PolicyConfig:
     # CNN of its own (the shared tokens barely see a lamp 20 m away); imagination keeps plans that would cross the
     # stop line on red from driving
     light_head: bool = False
-    # the light head's probabilities as an input to the state token (detached: the head stays a light classifier).
-    # Without them the action expert guesses the colour from 64 x 128 frames and brakes for every light, green too
-    # (results/README.md, session 23). Zero-initialised, so a checkpoint it is switched on for drives as before
+    # the light head's probabilities as an input to the state token (detached: the head stays a light classifier), so
+    # the decision can use the colour the shared 64 x 128 tokens barely resolve. Zero-initialised, so a checkpoint it
+    # is switched on for drives as before. Tried once, on top of a fine-tune that itself lost DS (results/README.md,
+    # session 23): not in the builtin, and not yet measured on its own
     light_input: bool = False
     # with the lateral head, how far along its path each waypoint goes: "action", as far as the action expert's own
     # plan went; "path", as far as the head's path went (the expert's pace, learned without the ego history);
