@@ -306,8 +306,8 @@ class WorldDrivePolicy(nn.Module):
             features.append(history)
         features = torch.cat(features, dim=1)  # (B, motion_features [+ HISTORY_FEATURES])
         state = self.state(features) + self.command(batch["command"])  # (B, D)
-        if self.light_state is not None:
-            state = state + self.light_state(self.light(batch["camera"][:, -1]).float().softmax(-1).detach())
+        if self.light_state is not None:  # no gradient into the light head: it stays a light classifier
+            state = state + self.light_state(self.light_probs(batch))
         instruction, instruction_valid = self._instruction(batch)
         segments = {
             "visual": self.vision(batch["camera"], batch.get("camera_embedded")),  # (B, Nv, D)
