@@ -417,6 +417,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             "regression_loss",
             "history_dropout",
             "lateral_head",
+            "lateral_target",
             "light_head",
             "light_input",
             "speed_limit_input",
@@ -435,7 +436,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         if head and not getattr(config, f"{head}_head"):
             raise SystemExit(f"error: --train-only {head} trains the {head} head: add --{head}-head")
         if a.init:
-            policy = _fine_tuned(a.init, config, a.seed)
+            policy = _fine_tuned(a.init, config, a.seed, a.train_only)
         else:
             tokenizer = train_tokenizer(corpus(Path(roots[0][0])), config.vocab_size)
             torch.manual_seed(a.seed)  # the initial weights, the world model's included, come from the seed too
@@ -504,37 +505,45 @@ def _union(roots: list[tuple[str, int]], split: str, fields, fraction: float, se
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
-def _fine_tuned(init: str, config, seed: int):
+def _fine_tuned(init: str, config, seed: int, train_only: str | None = None):
     """The checkpoint `init` (builtin or a RUN folder) to train on: weights, tokenizer and normalisation stats. Its
     architecture must be the one the flags describe, so that a run's flags always say what was trained, except for
-    heads the flags switch on (`GROWN`): they start from weights drawn with `seed`, everything else is the checkpoint's.
+    heads the flags switch on (`GROWN`): they start from weights drawn with `seed`, everything else is the checkpoint's;
+    and for what a head that trains learns (`REFITTED`): it starts from the checkpoint's weights.
     """
     import torch
 
     from worlddrive.eval.drivers import policy_dir
     from worlddrive.models import WorldDrivePolicy
-    from worlddrive.models.config import GROWN, TRAINING_ONLY
+    from worlddrive.models.config import GROWN, REFITTED, TRAINING_ONLY
     from worlddrive.models.policy import BACKBONE_FILE
 
     policy = WorldDrivePolicy.from_pretrained(policy_dir(init))
     theirs, ours = policy.config.to_dict(), config.to_dict()
     grown = {k for k in GROWN if ours[k] and not theirs[k]}
-    differ = {k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k] and k not in TRAINING_ONLY | grown}
+    # the head learns the field's new meaning; a tensor whose shape it changes starts afresh
+    refitted = {k for k, head in REFITTED.items() if train_only in (None, head) and theirs[k] != ours[k]}
+    differ = {
+        k: (theirs[k], ours[k]) for k in ours if theirs[k] != ours[k] and k not in TRAINING_ONLY | grown | refitted
+    }
     if differ:
         raise SystemExit(
             f"error: --init {init} is not the model these flags describe (checkpoint vs flags: {differ}); "
             "give the flags it was trained with (see its config.json)"
         )
-    new_config = dataclasses.replace(policy.config, **{k: getattr(config, k) for k in TRAINING_ONLY | grown})
-    if not grown:
+    new_config = dataclasses.replace(policy.config, **{k: getattr(config, k) for k in TRAINING_ONLY | grown | refitted})
+    if not grown | refitted:
         policy.config = new_config
         return policy
     backbone_config = policy_dir(init) / BACKBONE_FILE if new_config.hf_source is not None else None
     torch.manual_seed(seed)
     bigger = WorldDrivePolicy(new_config, policy.tokenizer, policy.stats, policy.world_model, backbone_config)
-    missing, unexpected = bigger.load_state_dict(policy.state_dict(), strict=False)
+    shapes = {k: v.shape for k, v in bigger.state_dict().items()}
+    kept = {k: v for k, v in policy.state_dict().items() if shapes.get(k, v.shape) == v.shape}
+    missing, unexpected = bigger.load_state_dict(kept, strict=False)
     assert not unexpected, unexpected  # the grown model holds every tensor of the smaller one
-    print(f"--init {init}: {sorted(grown)} switched on, {len(missing)} new tensors drawn with seed {seed}")
+    changes = [f"{sorted(grown)} switched on"] * bool(grown) + [f"{sorted(refitted)} changed"] * bool(refitted)
+    print(f"--init {init}: {', '.join(changes)}, {len(missing)} new tensors drawn with seed {seed}")
     return bigger
 
 
@@ -812,6 +821,13 @@ def build_parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         help="steer from a head that sees the camera, speed and command but never the ego history (its lateral "
         "waypoints replace the action expert's); with --init, it is added to the checkpoint. Default: the preset's",
+    )
+    t.add_argument(
+        "--lateral-target",
+        choices=["time", "arc"],
+        help="what the lateral head learns: the expert's waypoints in time (its pace too), or its path at fixed "
+        "distances and its pace apart; with --init and the lateral head training, its weights start from the "
+        "checkpoint's (a different output size: drawn with --seed). Default: the preset's",
     )
     t.add_argument(
         "--light-head",

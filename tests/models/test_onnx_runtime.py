@@ -70,6 +70,13 @@ def test_the_exported_graph_drives_as_the_eager_checkpoint(make_policy, observat
     np.testing.assert_allclose(_drive(ensemble, observations), members, atol=1e-6)
 
 
+def test_an_arc_heads_path_and_pace_come_out_of_the_graph(make_policy, observations, tmp_path: Path) -> None:
+    make_policy(**FULL, lateral_target="arc").save_pretrained(tmp_path / "eager")
+    assert export_onnx(tmp_path / "eager", tmp_path / "fast")["max_abs_error_m"] < 1e-3
+    eager, fast = (_drive(load_policy(str(tmp_path / name)), observations) for name in ("eager", "fast"))
+    np.testing.assert_allclose(fast, eager, atol=1e-4)
+
+
 def test_an_int8_export_is_smaller_and_drives_near_the_eager_plan(make_policy, observations, tmp_path: Path) -> None:
     make_policy(**FULL).save_pretrained(tmp_path / "eager")
     export_onnx(tmp_path / "eager", tmp_path / "fp32")

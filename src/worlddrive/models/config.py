@@ -38,13 +38,17 @@ ADDED_FIELDS = {
     "planner": "fast",
     "light_head": False,
     "light_input": False,
+    "lateral_target": "time",
 }
 # fields a fine-tune may change: they do not shape the weights
 TRAINING_ONLY = frozenset({"history_dropout", "pace", "planner"})
 # fields a fine-tune may switch on: they add freshly initialised weights only
 GROWN = frozenset({"lateral_head", "light_head", "light_input"})
+# fields a fine-tune may change while the head they shape trains (from the checkpoint's weights): field -> head
+REFITTED = {"lateral_target": "lateral"}
 REGRESSION_LOSSES = ("mse", "l1")
 PACES = ("action", "cautious", "path")
+LATERAL_TARGETS = ("time", "arc")
 PLANNERS = ("fast", "imagine")
 STOP_LINE_FEATURES = 5  # the stop line's distance, linear and near-exponential, and its control one-hot (3)
 
@@ -85,6 +89,10 @@ class PolicyConfig:
     # the plan's path from `LateralHead` (models/lateral.py): camera, speed and command, never the ego history, so
     # that steering has to come from the road the camera sees; the action expert says how far along it to go
     lateral_head: bool = False
+    # what the lateral head learns: "time", the expert's waypoints at 0.5 ... 4 s (and so its pace too); "arc", the
+    # expert's path at max(speed, 2 m/s) x 0.5 ... 4 s along it, so that a car stopping short and one driving off
+    # into a turn do not average into a sharp short bend, and its pace apart (models/lateral.py)
+    lateral_target: str = "time"
     # `LightHead` (models/light.py): the light ahead's colour from the current frame at the camera's resolution, a
     # CNN of its own (the shared tokens barely see a lamp 20 m away); imagination keeps plans that would cross the
     # stop line on red from driving
@@ -175,6 +183,7 @@ class PolicyConfig:
         self._require(self.speed_input or not self.plan_residual, "plan_residual", "False without speed_input")
         self._require(self.pace in PACES, "pace", f"one of {PACES}")
         self._require(self.lateral_head or self.pace == "action", "pace", "'action' without the lateral head")
+        self._require(self.lateral_target in LATERAL_TARGETS, "lateral_target", f"one of {LATERAL_TARGETS}")
         self._require(self.vocab_size >= 260, "vocab_size", ">= 260 (256 byte symbols + 4 special tokens)")
         self._require(self.max_reasoning_tokens >= 2, "max_reasoning_tokens", ">= 2 (<sep> and <eos>)")
         self._require(self.action_expert in ACTION_EXPERTS, "action_expert", f"one of {ACTION_EXPERTS}")

@@ -10,6 +10,15 @@ Why a path and not (y, yaw) per time step: the head learns the expert's pace, th
 builtin does, at about half the expert's progress). A y taken at +4 s of the expert's pace and put beside an x of half
 that distance bends twice as sharply; a path walked at the action expert's own distances does not.
 
+Why a path at fixed distances (`lateral_target="arc"`) and not at the expert's times: near a stop line the futures
+of one picture mix a car that stops short and one that drives off into the turn. Averaged waypoint by waypoint in
+time, they make a path 1.2 m long that ends 0.6 m to the side (intersection_stop seed 209, session 24), and pure
+pursuit steers full lock into the kerb. At fixed distances along the path the two agree where both go and a
+standing future adds nothing.
+
+The arc head also gives the expert's pace apart, as a fourth column: how far it goes by each waypoint's time,
+which the paces "path" and "cautious" read (the time head's pace is its own path's length).
+
 Why its own small CNN and not the shared vision tokens: the road's shape is in the pixels (a CNN like this one,
 trained on 6000 d40 frames at 64 x 128, predicted the +4 s lateral offset of val episodes with R² 0.87), but not
 in the builtin's vision tokens: a transformer head reading them reached R² ~0.25 and left the road in 46 of 48
@@ -29,11 +38,15 @@ from worlddrive.models.vision import network_input
 
 CHANNELS = 32
 HIDDEN = 256
+ARC_MIN_SPEED = 2.0  # m/s: the arc path's stations are at max(speed, this) x 0.5 ... 4 s, 1 ... 8 m when standing
+# m, m, rad, m: one unit of the arc head's output about its station's straight-on pose (s, 0, 0) and, last, about
+# the distance the expert covers by the waypoint's time (its pace), taken from the station s
+ARC_SCALE = (1.0, 1.0, 0.1, 2.0)
 
 
 class LateralHead(nn.Module):
     """Current frame (B, 3, H, W) uint8 + motion (speed, acceleration[, speed limit]) + command -> normalised
-    (x, y, yaw) per waypoint.
+    (x, y, yaw) per waypoint, or with lateral_target "arc" (x, y, yaw, distance) offsets per station (`arc_path`).
 
     MSE, not L1: L1 fits the median, and most futures go straight, so an L1 lateral output without the history
     stayed at ~0 for every sample (results/README.md, "Recovery data"); the mean is pulled by every bend.
@@ -43,6 +56,7 @@ class LateralHead(nn.Module):
         super().__init__()
         self.image_size = config.image_size
         self.waypoints = config.waypoints
+        self.outputs = len(ARC_SCALE) if config.lateral_target == "arc" else 3
         layers: list[nn.Module] = []
         for i in range(4):  # 64 x 128 -> 4 x 8
             layers += [nn.Conv2d(3 if i == 0 else CHANNELS, CHANNELS, 3, stride=2, padding=1), nn.GELU()]
@@ -52,13 +66,13 @@ class LateralHead(nn.Module):
         self.mlp = nn.Sequential(
             nn.Linear(CHANNELS * h * w + 64 + config.motion_features, HIDDEN),
             nn.GELU(),
-            nn.Linear(HIDDEN, 3 * config.waypoints),
+            nn.Linear(HIDDEN, self.outputs * config.waypoints),
         )
 
     def forward(self, frame: torch.Tensor, motion: torch.Tensor, command: torch.Tensor) -> torch.Tensor:
-        """frame (B, 3, H, W) uint8, motion (B, M) from `WorldDrivePolicy._motion`, command (B,) -> (B, W, 3)."""
+        """frame (B, 3, H, W) uint8, motion (B, M) from `WorldDrivePolicy._motion`, command (B,) -> (B, W, 3 or 4)."""
         z = self.conv(network_input(frame, self.image_size)).flatten(1)  # (B, CHANNELS * h * w): position kept
-        return self.mlp(torch.cat([z, self.command(command), motion], dim=1)).view(-1, self.waypoints, 3)
+        return self.mlp(torch.cat([z, self.command(command), motion], dim=1)).view(-1, self.waypoints, self.outputs)
 
     @staticmethod
     def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -66,12 +80,48 @@ class LateralHead(nn.Module):
         return F.mse_loss(pred, target)
 
 
+def arc_stations(speed: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """Speeds (B,) and waypoint times (W,) -> (B, W) distances along the path of an arc head's waypoints."""
+    return speed.float().clamp_min(ARC_MIN_SPEED)[:, None] * times
+
+
+def arc_path(out: torch.Tensor, stations: torch.Tensor) -> torch.Tensor:
+    """An arc head's output (B, W, 4) -> the path (B, W, 4) in metres / radians: the pose at each station, offset
+    from (s, 0, 0), and the distance covered by that waypoint's time, offset from s."""
+    zero = torch.zeros_like(stations)
+    return torch.stack([stations, zero, zero, stations], dim=-1) + out * out.new_tensor(ARC_SCALE)
+
+
+def at_stations(trajectory: torch.Tensor, stations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A trajectory (B, W, 3) in metres -> its poses (B, W, 3) at distances `stations` (B, W) along it, and (B, W)
+    whether it gets that far."""
+    straight = torch.stack([stations, torch.zeros_like(stations), torch.zeros_like(stations)], dim=-1)[:, None]
+    poses = along_path(straight, trajectory)[:, 0]  # a straight plan walks its distances along the trajectory
+    points = F.pad(trajectory[..., :2], (0, 0, 1, 0))  # (B, W + 1, 2) the ego first
+    length = (points[:, 1:] - points[:, :-1]).norm(dim=-1).sum(-1)  # (B,)
+    return poses, stations <= length[:, None]
+
+
+def arc_loss(out: torch.Tensor, trajectory: torch.Tensor, stations: torch.Tensor) -> torch.Tensor:
+    """MSE in ARC_SCALE units between an arc head's output (B, W, 4) and the expert's trajectory (B, W, 3): poses at
+    the stations it reaches, distances at every waypoint."""
+    target, reached = at_stations(trajectory, stations)
+    points = F.pad(trajectory[..., :2], (0, 0, 1, 0))  # (B, W + 1, 2) the ego first
+    covered = (points[:, 1:] - points[:, :-1]).norm(dim=-1).cumsum(-1)  # (B, W) distance by each waypoint's time
+    err = ((arc_path(out, stations) - torch.cat([target, covered[..., None]], -1)) / out.new_tensor(ARC_SCALE)) ** 2
+    pose = (err[..., :3].sum(-1) * reached).sum() / (3 * reached.sum()).clamp_min(1)
+    return pose + err[..., 3].mean()
+
+
 def along_path(plan: torch.Tensor, path: torch.Tensor, pace: str = "action") -> torch.Tensor:
     """Waypoints (B, K, W, 3) moved onto `path` (B, W, 3), both in metres / radians: each goes as far along the path
     as it went along its own polyline from the ego (steps against its heading count back); past the path's end they
     go on along its last heading. `pace` (PolicyConfig.pace): "path" goes as far as the path's own waypoint of the
-    same time instead, "cautious" the lesser of the two distances."""
+    same time instead, "cautious" the lesser of the two distances. An arc head's path (B, W, 4) says in its last
+    column how far it goes by each waypoint's time (`arc_path`)."""
     B, K, W, _ = plan.shape
+    pace_column = path[..., 3] if path.shape[-1] == 4 else None  # (B, W)
+    path = path[..., :3]
     origin = path.new_zeros(B, 1, 3)
     points = torch.cat([origin, path], dim=1)  # (B, W + 1, 3), the ego first
     seg = points[:, 1:, :2] - points[:, :-1, :2]  # (B, W, 2)
@@ -82,7 +132,8 @@ def along_path(plan: torch.Tensor, path: torch.Tensor, pace: str = "action") -> 
     backwards = (step * torch.stack([own[..., :-1, 2].cos(), own[..., :-1, 2].sin()], dim=-1)).sum(-1) < 0
     # signed: a standing plan's jitter back and forth cancels instead of adding up to a creep forward
     travelled = torch.where(backwards, -1.0, 1.0).mul(step.norm(dim=-1)).cumsum(-1).clamp_min(0)  # (B, K, W)
-    own_pace = along[:, None, 1:].expand(B, K, W)  # the path's waypoints' own distances
+    own = along[:, 1:] if pace_column is None else pace_column.clamp_min(0)  # (B, W) the path's own pace
+    own_pace = own[:, None].expand(B, K, W)
     if pace == "path":
         travelled = own_pace
     elif pace == "cautious":

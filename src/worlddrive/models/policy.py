@@ -31,7 +31,7 @@ from worlddrive.fileio import replace_folder
 from worlddrive.models.action import make_action_expert
 from worlddrive.models.backbone import Layout, make_backbone
 from worlddrive.models.config import PolicyConfig
-from worlddrive.models.lateral import LateralHead, along_path
+from worlddrive.models.lateral import LateralHead, along_path, arc_loss, arc_path, arc_stations
 from worlddrive.models.light import LIGHTS, LightHead
 from worlddrive.models.sentence import MINILM_DIM, minilm
 from worlddrive.models.text import TOKENIZER_FILE, TextTokenizer, corpus, train_tokenizer
@@ -241,9 +241,13 @@ class WorldDrivePolicy(nn.Module):
 
     def _head_losses(self, batch: dict[str, Any], target: torch.Tensor, heads: list[str]) -> dict[str, torch.Tensor]:
         """`{head}_loss` of each named head of its own: the lateral head's path against the normalised target
-        trajectory (B, W, 3), the light head's colour against the light ahead now."""
+        trajectory (B, W, 3) (or the trajectory at the arc head's stations), the light head's colour against the
+        light ahead now."""
         losses = {}
-        if "lateral" in heads:
+        if "lateral" in heads and self.config.lateral_target == "arc":
+            stations = arc_stations(batch["ego"][:, EGO_SPEED], self.waypoint_times)  # (B, W)
+            losses["lateral_loss"] = arc_loss(self._lateral(batch), batch["trajectory"].float(), stations)
+        elif "lateral" in heads:
             losses["lateral_loss"] = self.lateral.loss(self._lateral(batch), target)
         if "light" in heads:
             losses["light_loss"] = self.light.loss(self.light(batch["camera"][:, -1]), batch["lights"])
@@ -290,8 +294,16 @@ class WorldDrivePolicy(nn.Module):
         return torch.cat(features, dim=1)
 
     def _lateral(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The lateral head's normalised path (B, W, 3), from the current frame."""
+        """The lateral head's output (B, W, 3), from the current frame: the normalised path, or with
+        lateral_target "arc" offsets from its stations."""
         return self.lateral(batch["camera"][:, -1], self._motion(batch), batch["command"])
+
+    def lateral_path(self, batch: dict[str, Any]) -> torch.Tensor:
+        """The lateral head's path (B, W, 3) in metres / radians, ego frame."""
+        speed = batch["ego"][:, EGO_SPEED]  # (B,)
+        if self.config.lateral_target == "arc":
+            return arc_path(self._lateral(batch), arc_stations(speed, self.waypoint_times))
+        return self.denormalise(self._lateral(batch), speed)
 
     def _prefix(self, batch: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """Embedded visual, state and instruction segments, and the instruction's padding mask."""
@@ -392,7 +404,7 @@ class WorldDrivePolicy(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         speed = batch["ego"][:, EGO_SPEED]  # (B,)
         plan = self.denormalise(self.action_expert.predict(hidden[:, layout["action"]], num_samples, generator), speed)
-        return plan, None if self.lateral is None else self.denormalise(self._lateral(batch), speed)
+        return plan, None if self.lateral is None else self.lateral_path(batch)
 
     @torch.no_grad()
     def generate_tokens(
