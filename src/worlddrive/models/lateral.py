@@ -12,9 +12,9 @@ that distance bends twice as sharply; a path walked at the action expert's own d
 
 Why a path at fixed distances (`lateral_target="arc"`) and not at the expert's times: near a stop line the futures
 of one picture mix a car that stops short and one that drives off into the turn. Averaged waypoint by waypoint in
-time, they make a path 1.2 m long that ends 0.6 m to the side (intersection_stop seed 209, session 24), and pure
-pursuit steers full lock into the kerb. At fixed distances along the path the two agree where both go and a
-standing future adds nothing.
+time, they make a path that is short and bent (intersection_stop seed 217, session 23's builtin at 2.9 m/s: its 4 s
+waypoint 0.4 m behind the car and 0.9 m to the side), and pure pursuit steers into the kerb. At fixed distances along
+the path the two agree where both go and a standing future adds nothing.
 
 The arc head also gives the expert's pace apart, as a fourth column: how far it goes by each waypoint's time,
 which the paces "path" and "cautious" read (the time head's pace is its own path's length).
@@ -92,23 +92,26 @@ def arc_path(out: torch.Tensor, stations: torch.Tensor) -> torch.Tensor:
     return torch.stack([stations, zero, zero, stations], dim=-1) + out * out.new_tensor(ARC_SCALE)
 
 
+def covered(trajectory: torch.Tensor) -> torch.Tensor:
+    """A trajectory (B, W, 3) in metres -> (B, W) the distance along it from the ego to each waypoint."""
+    points = F.pad(trajectory[..., :2], (0, 0, 1, 0))  # (B, W + 1, 2) the ego first
+    return (points[:, 1:] - points[:, :-1]).norm(dim=-1).cumsum(-1)
+
+
 def at_stations(trajectory: torch.Tensor, stations: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A trajectory (B, W, 3) in metres -> its poses (B, W, 3) at distances `stations` (B, W) along it, and (B, W)
     whether it gets that far."""
     straight = torch.stack([stations, torch.zeros_like(stations), torch.zeros_like(stations)], dim=-1)[:, None]
     poses = along_path(straight, trajectory)[:, 0]  # a straight plan walks its distances along the trajectory
-    points = F.pad(trajectory[..., :2], (0, 0, 1, 0))  # (B, W + 1, 2) the ego first
-    length = (points[:, 1:] - points[:, :-1]).norm(dim=-1).sum(-1)  # (B,)
-    return poses, stations <= length[:, None]
+    return poses, stations <= covered(trajectory)[:, -1:]
 
 
 def arc_loss(out: torch.Tensor, trajectory: torch.Tensor, stations: torch.Tensor) -> torch.Tensor:
     """MSE in ARC_SCALE units between an arc head's output (B, W, 4) and the expert's trajectory (B, W, 3): poses at
     the stations it reaches, distances at every waypoint."""
     target, reached = at_stations(trajectory, stations)
-    points = F.pad(trajectory[..., :2], (0, 0, 1, 0))  # (B, W + 1, 2) the ego first
-    covered = (points[:, 1:] - points[:, :-1]).norm(dim=-1).cumsum(-1)  # (B, W) distance by each waypoint's time
-    err = ((arc_path(out, stations) - torch.cat([target, covered[..., None]], -1)) / out.new_tensor(ARC_SCALE)) ** 2
+    target = torch.cat([target, covered(trajectory)[..., None]], -1)  # (B, W, 4) the distance by each waypoint's time
+    err = ((arc_path(out, stations) - target) / out.new_tensor(ARC_SCALE)) ** 2
     pose = (err[..., :3].sum(-1) * reached).sum() / (3 * reached.sum()).clamp_min(1)
     return pose + err[..., 3].mean()
 

@@ -294,12 +294,13 @@ class WorldDrivePolicy(nn.Module):
         return torch.cat(features, dim=1)
 
     def _lateral(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The lateral head's output (B, W, 3), from the current frame: the normalised path, or with
-        lateral_target "arc" offsets from its stations."""
+        """The lateral head's output (B, W, 3 or 4), from the current frame: the normalised path, or with
+        lateral_target "arc" offsets from its stations (`lateral.arc_path`)."""
         return self.lateral(batch["camera"][:, -1], self._motion(batch), batch["command"])
 
     def lateral_path(self, batch: dict[str, Any]) -> torch.Tensor:
-        """The lateral head's path (B, W, 3) in metres / radians, ego frame."""
+        """The lateral head's path (B, W, 3) in metres / radians, ego frame; an arc head's has its pace as a fourth
+        column (`lateral.arc_path`)."""
         speed = batch["ego"][:, EGO_SPEED]  # (B,)
         if self.config.lateral_target == "arc":
             return arc_path(self._lateral(batch), arc_stations(speed, self.waypoint_times))
