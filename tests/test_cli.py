@@ -176,29 +176,14 @@ def test_fine_tuning_can_switch_on_the_lateral_and_light_heads(split_data_dir, t
     assert {k.split(".")[0] for k in lit_weights.keys() - after.keys()} == {"light", "light_state"}
     assert not lit_weights["light_state.weight"].any() and not lit_weights["light_state.bias"].any()
     # what the lateral head learns may change while it trains (from the checkpoint's weights), not otherwise
-    arc, arc_flags = tmp_path / "arc", ["--lateral-head", "--lateral-target", "arc"]
-    assert (
-        main([*argv, "--data", data, "--out", str(arc), "--init", str(grown), *arc_flags, "--train-only", "lateral"])
-        == 0
-    )
+    arc_flags = ["--init", str(grown), "--lateral-head", "--lateral-target", "arc"]
+    arc = tmp_path / "arc"
+    assert main([*argv, "--data", data, "--out", str(arc), *arc_flags, "--train-only", "lateral"]) == 0
     assert "['lateral_target'] changed, 2 new tensors" in capsys.readouterr().out  # the head's last layer: 4 columns
     assert json.loads((arc / "policy" / "config.json").read_text())["lateral_target"] == "arc"
+    light_only = ["--light-head", "--train-only", "light"]
     with pytest.raises(SystemExit, match=r"not the model these flags describe .*'lateral_target': \('time', 'arc'\)"):
-        main(
-            [
-                *argv,
-                "--data",
-                data,
-                "--out",
-                str(tmp_path / "bad2"),
-                "--init",
-                str(grown),
-                *arc_flags,
-                "--light-head",
-                "--train-only",
-                "light",
-            ]
-        )
+        main([*argv, "--data", data, "--out", str(tmp_path / "bad2"), *arc_flags, *light_only])
 
 
 @pytest.mark.parametrize("field", ["speed_limit_input", "stop_line_input", "plan_residual"])
